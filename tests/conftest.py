@@ -1,0 +1,67 @@
+"""The fixed cast every test uses: alice (member), bob (teammate), carol (admin)."""
+
+import pytest
+
+PASSWORD = "correct-horse-battery-staple"
+
+
+def pytest_report_header(config):
+    from django.conf import settings
+
+    broker = "redis" if settings.REDIS_URL else "orm"
+    return f"omniweb: database {settings.DATABASES['default']['ENGINE']}, broker {broker}"
+
+
+@pytest.fixture
+def alice(django_user_model):
+    return django_user_model.objects.create_user(
+        "alice", email="alice@example.com", password=PASSWORD, display_name="Alice A."
+    )
+
+
+@pytest.fixture
+def bob(django_user_model):
+    return django_user_model.objects.create_user(
+        "bob", email="bob@example.com", password=PASSWORD, display_name="Bob B."
+    )
+
+
+@pytest.fixture
+def carol(django_user_model):
+    return django_user_model.objects.create_user(
+        "carol", email="carol@example.com", password=PASSWORD, is_staff=True, is_superuser=True
+    )
+
+
+
+CHROMIUM = "/usr/bin/chromium"
+CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking"]
+
+
+@pytest.fixture
+def page(live_server):
+    """A Playwright page in headless Chromium (Debian's package; never a downloaded browser).
+
+    Skipped where Chromium is missing, except when OMNIWEB_REQUIRE_BROWSER=1 (CI), where a
+    missing browser is a failure.
+    """
+    import os
+    from pathlib import Path
+
+    if not Path(CHROMIUM).exists():
+        if os.environ.get("OMNIWEB_REQUIRE_BROWSER") == "1":
+            pytest.fail(f"{CHROMIUM} is required (OMNIWEB_REQUIRE_BROWSER=1)")
+        pytest.skip(f"browser tests need {CHROMIUM}")
+    from playwright.sync_api import sync_playwright
+
+    # Playwright's sync API runs an event loop in this thread; the ORM calls the fixtures make
+    # around it are still plain synchronous calls.
+    os.environ["DJANGO_ALLOW_ASYNC_UNSAFE"] = "true"
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        context = browser.new_context(base_url=live_server.url)
+        page = context.new_page()
+        page.set_default_timeout(10_000)
+        yield page
+        browser.close()
+    os.environ.pop("DJANGO_ALLOW_ASYNC_UNSAFE", None)
