@@ -1,0 +1,19 @@
+"""Top-level URLs: admin, accounts, the generations app, and the health endpoint."""
+
+from django.contrib import admin
+from django.urls import include, path
+from django.views.generic import RedirectView
+
+from omniweb import health
+
+admin.site.site_header = "Omniweb administration"
+admin.site.site_title = "Omniweb admin"
+
+urlpatterns = [
+    # The profile is the only member page until the studio pages exist.
+    path("", RedirectView.as_view(pattern_name="accounts-profile"), name="home"),
+    path("accounts/", include("accounts.urls")),
+    path("admin/", admin.site.urls),
+    path("healthz", health.healthz, name="healthz"),
+    path("", include("generations.urls")),
+]
