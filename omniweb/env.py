@@ -77,10 +77,10 @@ def dev_secret(path: Path) -> str:
     return value
 
 
-def database_config(url: str) -> dict[str, Any]:
+def database_config(url: str, conn_max_age: int = 60) -> dict[str, Any]:
     """Django DATABASES entry for a DATABASE_URL (sqlite:///path or postgres://...)."""
     try:
-        config = dj_database_url.parse(url, conn_max_age=60, conn_health_checks=True)
+        config = dj_database_url.parse(url, conn_max_age=conn_max_age, conn_health_checks=True)
     except ValueError as exc:
         raise ImproperlyConfigured(f"DATABASE_URL could not be read ({exc}): {url!r}.") from None
     engine = config.get("ENGINE", "")

@@ -93,7 +93,9 @@ DATABASE_URL = env_str("DATABASE_URL")
 if not DATABASE_URL:
     VAR_DIR.mkdir(exist_ok=True)
     DATABASE_URL = f"sqlite:///{VAR_DIR / 'omniweb.sqlite3'}"
-DATABASES = {"default": database_config(DATABASE_URL)}
+# Tests close connections after each request: the live server's threads would otherwise keep
+# theirs open and block dropping the test database.
+DATABASES = {"default": database_config(DATABASE_URL, conn_max_age=0 if RUNNING_TESTS else 60)}
 if DATABASES["default"]["ENGINE"].endswith("sqlite3"):
     # A file, not memory, so tests can start a real worker process against the test database.
     DATABASES["default"]["TEST"] = {"NAME": str(VAR_DIR / "test-omniweb.sqlite3")}

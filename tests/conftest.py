@@ -1,6 +1,7 @@
 """The fixed cast every test uses: alice (member), bob (teammate), carol (admin)."""
 
 import pytest
+from django.db import connections
 
 PASSWORD = "correct-horse-battery-staple"
 
@@ -63,4 +64,7 @@ def page(live_server):
         page.set_default_timeout(10_000)
         yield page
         browser.close()
+        # ORM calls made while Playwright's loop runs get connections of their own context;
+        # close them here or they keep the test database from being dropped.
+        connections.close_all()
     os.environ.pop("DJANGO_ALLOW_ASYNC_UNSAFE", None)
