@@ -208,3 +208,46 @@ def test_ensure_admin_creates_one_admin_and_shows_its_password_once(django_user_
     second = capsys.readouterr().out
     assert password not in second and "already exists" in second
     assert django_user_model.objects.filter(is_superuser=True).count() == 1
+
+
+@pytest.mark.django_db
+def test_an_admin_creates_a_member_who_can_then_log_in(client, carol, django_user_model):
+    client.force_login(carol)
+    response = client.post(
+        "/admin/accounts/user/add/",
+        {
+            "username": "dave",
+            "display_name": "Dave D.",
+            "email": "dave@example.com",
+            "password1": "dave-first-passphrase-9",
+            "password2": "dave-first-passphrase-9",
+            "usable_password": "true",
+            "_save": "Save",
+        },
+    )
+    assert response.status_code == 302, response.content.decode()[:2000]
+    dave = django_user_model.objects.get(username="dave")
+    assert (dave.display_name, dave.is_staff) == ("Dave D.", False)
+    client.logout()
+    assert client.login(username="dave", password="dave-first-passphrase-9")
+
+
+@pytest.mark.django_db
+def test_there_is_no_public_sign_up(client):
+    assert "/accounts/signup/" not in {path for _, path in concrete_urls()}
+    assert "Accounts are created by your team's admin." in client.get("/accounts/login/").text
+
+
+@pytest.mark.django_db
+def test_forbidden_and_server_error_pages_are_friendly(rf, alice):
+    from django.core.exceptions import PermissionDenied
+    from django.views.defaults import permission_denied, server_error
+
+    request = rf.get("/somewhere/")
+    request.user = alice
+    forbidden = permission_denied(request, PermissionDenied())
+    assert forbidden.status_code == 403
+    assert "You can't do that here" in forbidden.content.decode()
+    broken = server_error(rf.get("/somewhere/"))
+    assert broken.status_code == 500
+    assert "Something went wrong on our side" in broken.content.decode()
