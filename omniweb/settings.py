@@ -55,6 +55,7 @@ INSTALLED_APPS = [
     "django_q",
     "accounts",
     "generations",
+    "generations.simulator",
 ]
 
 MIDDLEWARE = [
@@ -137,6 +138,11 @@ STORAGES = {
         else "whitenoise.storage.CompressedManifestStaticFilesStorage"
     },
 }
+
+# The gateway simulator answers under /simulator/ in the demo and the tests; never in production.
+SIMULATOR_ENABLED = env_bool("OMNIWEB_SIMULATOR", DEBUG or RUNNING_TESTS)
+# How long a simulated task takes from submit to result ("slow" prompts take five times longer).
+SIMULATOR_SECONDS = env_int("OMNIWEB_SIMULATOR_SECONDS", 20, minimum=1)
 
 # Email: printed to the console unless an SMTP server is configured.
 EMAIL_HOST = env_str("EMAIL_HOST")

@@ -1,5 +1,6 @@
 """Top-level URLs: admin, accounts, the generations app, and the health endpoint."""
 
+from django.conf import settings
 from django.contrib import admin
 from django.urls import include, path
 from django.views.generic import RedirectView
@@ -17,3 +18,6 @@ urlpatterns = [
     path("healthz", health.healthz, name="healthz"),
     path("", include("generations.urls")),
 ]
+
+if settings.SIMULATOR_ENABLED:
+    urlpatterns.append(path("simulator/", include("generations.simulator.urls")))
