@@ -1,11 +1,23 @@
-"""Team members.
+"""Team members, their provider keys, the credits ledger and quotas.
 
-A custom user model from the first migration, so later fields (quotas, cached balance) never
-need the painful swap away from Django's built-in user.
+A custom user model from the first migration, so later fields never need the painful swap
+away from Django's built-in user. Money moves only through accounts.ledger and
+generations.services; nothing else writes `credit_balance` or ledger entries.
 """
 
+import uuid
+from datetime import datetime
+
+from django.conf import settings
 from django.contrib.auth.models import AbstractUser
+from django.core.exceptions import ValidationError
+from django.core.validators import URLValidator
 from django.db import models
+from django.db.models import Q
+from django.utils import timezone
+
+from accounts import crypto
+from generations import providers
 
 
 class User(AbstractUser):
@@ -14,9 +26,257 @@ class User(AbstractUser):
     display_name = models.CharField(
         max_length=80, blank=True, help_text="The name teammates see in the gallery."
     )
+    # The sum of the member's ledger entries, kept beside them in the same transaction so a
+    # submit can lock one row and check the balance without summing the whole history.
+    credit_balance = models.IntegerField(default=0, editable=False)
 
     class Meta(AbstractUser.Meta):
         swappable = "AUTH_USER_MODEL"
+        constraints = [
+            models.CheckConstraint(
+                condition=Q(credit_balance__gte=0), name="user_credit_balance_not_negative"
+            )
+        ]
 
     def __str__(self) -> str:
         return self.display_name or self.username
+
+
+# --- Provider keys ---------------------------------------------------------------------------
+
+
+class KeyUnusable(Exception):
+    """The key cannot be used: disabled, refused by the gateway, or not decryptable."""
+
+
+def validate_secret(secret: str) -> None:
+    if not secret or not secret.strip():
+        raise ValidationError("Paste the API key; it cannot be empty.")
+    if any(ch.isspace() for ch in secret):
+        raise ValidationError("An API key has no spaces or line breaks; check what you pasted.")
+    if len(secret) < 8:
+        raise ValidationError("That is too short to be an API key.")
+
+
+validate_base_url = URLValidator(
+    schemes=["http", "https"], message="Enter an address that starts with http:// or https://."
+)
+
+
+class ProviderKeyQuerySet(models.QuerySet):
+    def visible_to(self, user) -> "ProviderKeyQuerySet":
+        """The member's own keys and the team keys shared with them."""
+        return self.filter(Q(owner=user) | Q(owner__isnull=True, allowed_users=user)).distinct()
+
+    def usable_by(self, user, provider: str) -> "ProviderKeyQuerySet":
+        return self.visible_to(user).filter(
+            provider=provider, is_disabled=False, invalid_at__isnull=True, needs_reentry=False
+        )
+
+    def team(self) -> "ProviderKeyQuerySet":
+        return self.filter(owner__isnull=True)
+
+
+class ProviderKey(models.Model):
+    """An API key for one gateway: a member's own, or a team key shared by an admin."""
+
+    code = models.UUIDField(default=uuid.uuid4, unique=True, editable=False)
+    provider = models.CharField(max_length=20, choices=providers.choices())
+    label = models.CharField(max_length=80)
+    owner = models.ForeignKey(
+        settings.AUTH_USER_MODEL,
+        on_delete=models.CASCADE,
+        null=True,
+        blank=True,
+        related_name="provider_keys",
+        help_text="Empty for a team key.",
+    )
+    allowed_users = models.ManyToManyField(
+        settings.AUTH_USER_MODEL,
+        blank=True,
+        related_name="shared_provider_keys",
+        help_text="Members who may use this team key.",
+    )
+    base_url = models.CharField(
+        max_length=500,
+        blank=True,
+        validators=[validate_base_url],
+        help_text="Leave empty for the gateway's public address.",
+    )
+    secret_ciphertext = models.TextField(editable=False)
+    secret_last4 = models.CharField(max_length=4, editable=False)
+    is_disabled = models.BooleanField(default=False)
+    invalid_at = models.DateTimeField(null=True, blank=True, editable=False)
+    invalid_message = models.TextField(blank=True, editable=False)
+    needs_reentry = models.BooleanField(default=False, editable=False)
+    created_at = models.DateTimeField(auto_now_add=True)
+    updated_at = models.DateTimeField(auto_now=True)
+
+    objects = ProviderKeyQuerySet.as_manager()
+
+    class Meta:
+        ordering = ["provider", "label"]
+
+    def __str__(self) -> str:
+        return f"{self.label} ({self.provider_name} {self.masked})"
+
+    @property
+    def provider_name(self) -> str:
+        return providers.REGISTRY[self.provider].name if self.provider in providers.REGISTRY else ""
+
+    @property
+    def masked(self) -> str:
+        return f"…{self.secret_last4}" if self.secret_last4 else "(no secret)"
+
+    @property
+    def is_team_key(self) -> bool:
+        return self.owner_id is None
+
+    @property
+    def status(self) -> str:
+        if self.needs_reentry:
+            return "needs re-entry"
+        if self.invalid_at:
+            return "refused by the gateway"
+        if self.is_disabled:
+            return "disabled"
+        return "active"
+
+    def set_secret(self, secret: str) -> None:
+        """Store a new secret; a key refused earlier gets its chance again."""
+        validate_secret(secret)
+        self.secret_ciphertext = crypto.encrypt(secret)
+        self.secret_last4 = secret[-4:]
+        self.invalid_at = None
+        self.invalid_message = ""
+        self.needs_reentry = False
+
+    def credentials(self) -> providers.Credentials:
+        """Decrypted credentials for one gateway call. Fails closed, and says so on the key."""
+        if self.is_disabled or self.invalid_at or self.needs_reentry:
+            raise KeyUnusable(f"The key {self.label!r} is {self.status}.")
+        try:
+            secret = crypto.decrypt(self.secret_ciphertext)
+        except crypto.DecryptionError as exc:
+            ProviderKey.objects.filter(pk=self.pk).update(needs_reentry=True)
+            self.needs_reentry = True
+            raise KeyUnusable(
+                f"The key {self.label!r} cannot be decrypted; its owner must enter it again."
+            ) from exc
+        return providers.Credentials(api_key=secret, base_url=self.base_url or None)
+
+    def mark_invalid(self, message: str, when: datetime | None = None) -> None:
+        """The gateway refused this key (401): keep it out of use until its secret is replaced."""
+        when = when or timezone.now()
+        ProviderKey.objects.filter(pk=self.pk).update(invalid_at=when, invalid_message=message)
+        self.invalid_at, self.invalid_message = when, message
+
+
+# --- Credits ledger ---------------------------------------------------------------------------
+
+
+class LedgerEntry(models.Model):
+    """One change of a member's balance. Append-only: the database refuses edits and deletes."""
+
+    class Kind(models.TextChoices):
+        GRANT = "grant", "Grant"
+        DEBIT = "debit", "Debit"
+        REFUND = "refund", "Refund"
+        ADJUSTMENT = "adjustment", "Adjustment"
+
+    user = models.ForeignKey(
+        settings.AUTH_USER_MODEL, on_delete=models.PROTECT, related_name="ledger_entries"
+    )
+    kind = models.CharField(max_length=12, choices=Kind.choices)
+    amount = models.IntegerField(help_text="Credits; positive adds to the balance.")
+    balance_after = models.IntegerField()
+    task = models.ForeignKey(
+        "generations.Task",
+        on_delete=models.PROTECT,
+        null=True,
+        blank=True,
+        related_name="ledger_entries",
+    )
+    idempotency_key = models.CharField(max_length=120, unique=True)
+    reason = models.CharField(max_length=300, blank=True)
+    created_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL,
+        on_delete=models.PROTECT,
+        null=True,
+        blank=True,
+        related_name="+",
+    )
+    created_at = models.DateTimeField(default=timezone.now, db_index=True)
+
+    class Meta:
+        ordering = ["-created_at", "-id"]
+        verbose_name_plural = "ledger entries"
+        constraints = [
+            models.CheckConstraint(condition=~Q(amount=0), name="ledger_amount_not_zero"),
+            models.CheckConstraint(
+                condition=Q(kind="grant", amount__gt=0)
+                | Q(kind="debit", amount__lt=0, task__isnull=False)
+                | Q(kind="refund", amount__gt=0, task__isnull=False)
+                | Q(kind="adjustment"),
+                name="ledger_amount_sign_matches_kind",
+            ),
+            models.CheckConstraint(
+                condition=Q(balance_after__gte=0), name="ledger_balance_after_not_negative"
+            ),
+            models.UniqueConstraint(
+                fields=["task", "kind"],
+                condition=Q(kind__in=["debit", "refund"]),
+                name="ledger_one_debit_and_one_refund_per_task",
+            ),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.get_kind_display()} {self.amount:+d} for {self.user}"
+
+
+# --- Quotas -----------------------------------------------------------------------------------
+
+
+class QuotaFields(models.Model):
+    max_active_tasks = models.PositiveIntegerField(
+        null=True, blank=True, help_text="Tasks that may run at once. Empty: no limit."
+    )
+    max_credits_per_day = models.PositiveIntegerField(
+        null=True, blank=True, help_text="Credits that may be spent per day. Empty: no limit."
+    )
+    max_credits_per_month = models.PositiveIntegerField(
+        null=True, blank=True, help_text="Credits that may be spent per month. Empty: no limit."
+    )
+    allowed_models = models.JSONField(
+        default=list,
+        blank=True,
+        help_text='Models that may be used, e.g. ["apimart/Omni-Flash-Ext", "omniakey/*"]. '
+        "Empty: every model.",
+    )
+
+    class Meta:
+        abstract = True
+
+
+class TeamQuota(QuotaFields):
+    """The team-wide defaults; a member's own Quota overrides them field by field."""
+
+    class Meta:
+        verbose_name = "team quota defaults"
+        verbose_name_plural = "team quota defaults"
+
+    def __str__(self) -> str:
+        return "Team quota defaults"
+
+    @classmethod
+    def current(cls) -> "TeamQuota":
+        return cls.objects.order_by("pk").first() or cls()
+
+
+class Quota(QuotaFields):
+    user = models.OneToOneField(
+        settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="quota"
+    )
+
+    def __str__(self) -> str:
+        return f"Quota of {self.user}"

@@ -7,7 +7,7 @@ The builders at the bottom take plain values so tests can check them without rel
 
 import os
 import secrets
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -60,16 +60,16 @@ def env_list(
     return [item.strip() for item in raw.split(",") if item.strip()]
 
 
-def dev_secret(path: Path) -> str:
-    """Return a random secret kept in `path`, creating it on first use.
+def dev_secret(path: Path, make: Callable[[], str] = lambda: secrets.token_urlsafe(50)) -> str:
+    """Return a random secret kept in `path`, creating it with `make()` on first use.
 
-    Only for DEBUG and test runs: it keeps sessions valid across restarts of a laptop demo
-    without anybody having to invent a key.
+    Only for DEBUG and test runs: it keeps sessions and stored keys valid across restarts of a
+    laptop demo without anybody having to invent a key.
     """
     if path.exists():
         return path.read_text().strip()
     path.parent.mkdir(parents=True, exist_ok=True)
-    value = secrets.token_urlsafe(50)
+    value = make()
     # Create with owner-only permissions before writing, so the secret is never world-readable.
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     with os.fdopen(fd, "w") as handle:
@@ -142,3 +142,19 @@ def q_cluster_config(redis_url: str | None, workers: int) -> dict[str, Any]:
         # The ORM broker polls the table; once a second is quick enough and spares SQLite.
         config["poll"] = 1
     return config
+
+
+def encryption_keys(raw: list[str]) -> list[str]:
+    """Validate OMNIWEB_ENCRYPTION_KEYS: Fernet keys, newest first. Never echoes a key."""
+    from cryptography.fernet import Fernet
+
+    for position, key in enumerate(raw, start=1):
+        try:
+            Fernet(key)
+        except (ValueError, TypeError):
+            raise ImproperlyConfigured(
+                f"OMNIWEB_ENCRYPTION_KEYS: key number {position} is not a valid Fernet key "
+                "(32 url-safe base64-encoded bytes; make one with `python3 -c 'from "
+                "cryptography.fernet import Fernet; print(Fernet.generate_key().decode())'`)."
+            ) from None
+    return raw

@@ -14,6 +14,7 @@ from omniweb.env import (
     cache_config,
     database_config,
     dev_secret,
+    encryption_keys,
     env_bool,
     env_int,
     env_list,
@@ -39,6 +40,21 @@ if not SECRET_KEY:
             "`python3 -c 'import secrets; print(secrets.token_urlsafe(50))'`)."
         )
     SECRET_KEY = dev_secret(VAR_DIR / "dev-secret-key")
+
+# Provider API keys are encrypted with these Fernet keys (newest first), never with SECRET_KEY,
+# so a leaked SECRET_KEY does not expose them and either can be rotated on its own.
+OMNIWEB_ENCRYPTION_KEYS = encryption_keys(env_list("OMNIWEB_ENCRYPTION_KEYS"))
+if not OMNIWEB_ENCRYPTION_KEYS:
+    if not (DEBUG or RUNNING_TESTS):
+        raise ImproperlyConfigured(
+            "OMNIWEB_ENCRYPTION_KEYS is not set. It is required when DEBUG is off: set it to one "
+            "or more Fernet keys, comma-separated, newest first."
+        )
+    from cryptography.fernet import Fernet
+
+    OMNIWEB_ENCRYPTION_KEYS = [
+        dev_secret(VAR_DIR / "dev-encryption-key", lambda: Fernet.generate_key().decode())
+    ]
 
 ALLOWED_HOSTS = env_list("ALLOWED_HOSTS", ["localhost", "127.0.0.1", "[::1]"])
 CSRF_TRUSTED_ORIGINS = env_list("CSRF_TRUSTED_ORIGINS")

@@ -40,3 +40,20 @@ def wait_for(condition: Callable[[], object], seconds: float, interval: float = 
             return value
         time.sleep(interval)
     return None
+
+
+def production_environment(**overrides: str) -> dict[str, str]:
+    """Settings a real deployment would have, with throwaway secrets made for this test run."""
+    from cryptography.fernet import Fernet
+
+    env = {
+        "PATH": os.environ["PATH"],
+        "DEBUG": "0",
+        "SECRET_KEY": "x7Qk2m9Vb3Rt8Lw1Zs6Np4Hc0Yf5Jd7Ga2Ue9Ko3Ti8Wr1Pm6Sq4Xn0Cv5Bh",
+        "OMNIWEB_ENCRYPTION_KEYS": Fernet.generate_key().decode(),
+        "ALLOWED_HOSTS": "studio.example.com",
+        "CSRF_TRUSTED_ORIGINS": "https://studio.example.com",
+        "OMNIWEB_HTTPS": "1",
+    }
+    env.update(overrides)
+    return env

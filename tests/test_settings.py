@@ -14,19 +14,15 @@ from generations.checks import check_queue_configuration
 from omniweb.env import (
     cache_config,
     database_config,
+    encryption_keys,
     env_bool,
     env_int,
     env_list,
     q_cluster_config,
 )
+from tests.helpers import production_environment
 
-PRODUCTION_ENV = {
-    "DEBUG": "0",
-    "SECRET_KEY": "x7Qk2m9Vb3Rt8Lw1Zs6Np4Hc0Yf5Jd7Ga2Ue9Ko3Ti8Wr1Pm6Sq4Xn0Cv5Bh",
-    "ALLOWED_HOSTS": "studio.example.com",
-    "CSRF_TRUSTED_ORIGINS": "https://studio.example.com",
-    "OMNIWEB_HTTPS": "1",
-}
+PRODUCTION_ENV = production_environment()
 
 
 def run_manage(*args: str, env: dict[str, str]) -> subprocess.CompletedProcess:
@@ -177,3 +173,26 @@ def test_suite_runs_on_the_database_the_environment_names():
     expected = "postgresql" if url.startswith(("postgres", "postgresql")) else "sqlite3"
     assert settings.DATABASES["default"]["ENGINE"].endswith(expected)
     assert bool(settings.REDIS_URL) == bool(os.environ.get("REDIS_URL"))
+
+
+def test_start_up_refuses_missing_encryption_keys_when_debug_is_off():
+    env = {k: v for k, v in PRODUCTION_ENV.items() if k != "OMNIWEB_ENCRYPTION_KEYS"}
+    result = run_manage("check", env=env)
+    assert result.returncode != 0
+    assert "OMNIWEB_ENCRYPTION_KEYS is not set" in result.stderr
+
+
+def test_a_malformed_encryption_key_is_refused_without_echoing_it():
+    result = run_manage(
+        "check", env={**PRODUCTION_ENV, "OMNIWEB_ENCRYPTION_KEYS": "hunter2-not-a-fernet-key"}
+    )
+    assert result.returncode != 0
+    assert "key number 1 is not a valid Fernet key" in result.stderr
+    assert "hunter2" not in result.stderr
+
+
+def test_encryption_keys_keep_their_order_newest_first():
+    from cryptography.fernet import Fernet
+
+    new, old = Fernet.generate_key().decode(), Fernet.generate_key().decode()
+    assert encryption_keys([new, old]) == [new, old]

@@ -25,6 +25,7 @@ from generations.providers import (
     ProviderStatus,
     State,
 )
+from tests.helpers import production_environment
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -273,11 +274,7 @@ def test_the_simulator_is_not_mounted_in_production():
         "try:\n resolve('/simulator/apimart/v1/tasks/x'); print('mounted')\n"
         "except Resolver404:\n print('absent')"
     )
-    env = {
-        "PATH": "/usr/bin:/bin",
-        "DEBUG": "0",
-        "SECRET_KEY": "production-like-secret-key-for-this-test-only-0123456789",
-    }
+    env = production_environment()
     result = subprocess.run(
         [sys.executable, "manage.py", "shell", "--no-imports", "-c", code],
         cwd=settings.BASE_DIR,

@@ -1,0 +1,197 @@
+"""The few functions that move credits.
+
+Every change of a balance is an append-only LedgerEntry written in the same transaction as the
+cached `User.credit_balance`, with the member's row locked first so concurrent submits, refunds
+and grants queue up instead of racing. Each entry has an idempotency key the database keeps
+unique, so a repeated call (a retried job, a double click) cannot write twice.
+"""
+
+import uuid
+from dataclasses import dataclass
+from datetime import datetime
+
+from django.contrib.auth import get_user_model
+from django.db import transaction
+from django.db.models import Count, Q, Sum
+from django.utils import timezone
+
+from accounts.models import LedgerEntry, Quota, TeamQuota
+
+
+class InsufficientCredits(Exception):
+    pass
+
+
+def lock_user(user_id: int):
+    """The member's row, locked until the transaction ends (a no-op outside PostgreSQL, where
+    SQLite's IMMEDIATE transactions already serialize writers)."""
+    return get_user_model().objects.select_for_update().get(pk=user_id)
+
+
+def append_entry(
+    locked_user,
+    kind: str,
+    amount: int,
+    *,
+    idempotency_key: str,
+    task=None,
+    reason: str = "",
+    by=None,
+) -> LedgerEntry:
+    """Write one entry and move the cached balance with it. Call inside a transaction, with
+    `locked_user` from lock_user()."""
+    new_balance = locked_user.credit_balance + amount
+    if new_balance < 0:
+        raise InsufficientCredits(
+            f"This needs {-amount} credits and the balance is {locked_user.credit_balance}."
+        )
+    entry = LedgerEntry.objects.create(
+        user=locked_user,
+        kind=kind,
+        amount=amount,
+        balance_after=new_balance,
+        task=task,
+        idempotency_key=idempotency_key,
+        reason=reason,
+        created_by=by,
+    )
+    type(locked_user).objects.filter(pk=locked_user.pk).update(credit_balance=new_balance)
+    locked_user.credit_balance = new_balance
+    return entry
+
+
+@transaction.atomic
+def grant(user, amount: int, *, by, reason: str, idempotency_key: str | None = None):
+    """Give a member credits (an admin's grant)."""
+    if not isinstance(amount, int) or isinstance(amount, bool) or amount <= 0:
+        raise ValueError("A grant is a whole number of credits above zero.")
+    locked = lock_user(user.pk)
+    return append_entry(
+        locked,
+        LedgerEntry.Kind.GRANT,
+        amount,
+        idempotency_key=idempotency_key or f"grant:{uuid.uuid4()}",
+        reason=reason,
+        by=by,
+    )
+
+
+@transaction.atomic
+def deduct(user, amount: int, *, by, reason: str, idempotency_key: str | None = None):
+    """Take credits back (an admin's adjustment); never below zero."""
+    if not isinstance(amount, int) or isinstance(amount, bool) or amount <= 0:
+        raise ValueError("A deduction is a whole number of credits above zero.")
+    if not reason.strip():
+        raise ValueError("Say why the credits are taken back.")
+    locked = lock_user(user.pk)
+    return append_entry(
+        locked,
+        LedgerEntry.Kind.ADJUSTMENT,
+        -amount,
+        idempotency_key=idempotency_key or f"adjustment:{uuid.uuid4()}",
+        reason=reason,
+        by=by,
+    )
+
+
+# --- Quotas -------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class EffectiveQuota:
+    max_active_tasks: int | None
+    max_credits_per_day: int | None
+    max_credits_per_month: int | None
+    allowed_models: tuple[str, ...]
+
+    def allows(self, provider: str, model: str) -> bool:
+        if not self.allowed_models:
+            return True
+        return (
+            f"{provider}/{model}" in self.allowed_models or f"{provider}/*" in self.allowed_models
+        )
+
+
+def effective_quota(user) -> EffectiveQuota:
+    """The member's own limits where set, the team's defaults elsewhere; None is no limit."""
+    team = TeamQuota.current()
+    own = Quota.objects.filter(user=user).first()
+
+    def pick(name: str):
+        value = getattr(own, name, None) if own else None
+        return value if value is not None else getattr(team, name)
+
+    allowed = (own.allowed_models if own and own.allowed_models else team.allowed_models) or []
+    return EffectiveQuota(
+        pick("max_active_tasks"),
+        pick("max_credits_per_day"),
+        pick("max_credits_per_month"),
+        tuple(allowed),
+    )
+
+
+def period_starts(now: datetime | None = None) -> tuple[datetime, datetime]:
+    """Start of today and of this month, in the site's time zone."""
+    local = timezone.localtime(now or timezone.now())
+    day = local.replace(hour=0, minute=0, second=0, microsecond=0)
+    return day, day.replace(day=1)
+
+
+def spending(user, now: datetime | None = None) -> dict[str, int]:
+    """Credits spent (debits less refunds) today and this month."""
+    day, month = period_starts(now)
+    money = LedgerEntry.objects.filter(
+        user=user, kind__in=[LedgerEntry.Kind.DEBIT, LedgerEntry.Kind.REFUND]
+    )
+    sums = money.aggregate(
+        today=Sum("amount", filter=Q(created_at__gte=day)),
+        month=Sum("amount", filter=Q(created_at__gte=month)),
+    )
+    return {"today": -(sums["today"] or 0), "month": -(sums["month"] or 0)}
+
+
+# --- Audit -------------------------------------------------------------------------------------
+
+
+def audit() -> list[str]:
+    """Every way the ledger could be wrong, as sentences; empty when it is right."""
+    from generations.models import Task
+
+    problems = []
+    User = get_user_model()
+    sums = dict(
+        LedgerEntry.objects.values_list("user")
+        .annotate(total=Sum("amount"))
+        .values_list("user", "total")
+    )
+    for user_id, username, cached in User.objects.values_list("pk", "username", "credit_balance"):
+        total = sums.get(user_id, 0)
+        if cached != total:
+            problems.append(f"{username}: cached balance {cached} but entries sum to {total}")
+        if total < 0:
+            problems.append(f"{username}: entries sum to {total}, below zero")
+
+    tasks = Task.objects.annotate(
+        debits=Count("ledger_entries", filter=Q(ledger_entries__kind="debit")),
+        refunds=Count("ledger_entries", filter=Q(ledger_entries__kind="refund")),
+        debited=Sum("ledger_entries__amount", filter=Q(ledger_entries__kind="debit")),
+        refunded=Sum("ledger_entries__amount", filter=Q(ledger_entries__kind="refund")),
+    ).values_list(
+        "pk", "code", "state", "credits_charged", "debits", "refunds", "debited", "refunded"
+    )
+    unsuccessful = {Task.State.FAILED, Task.State.CANCELED}
+    for _pk, code, state, charged, debits, refunds, debited, refunded in tasks:
+        name = f"task {code}"
+        if debits != 1:
+            problems.append(f"{name}: {debits} debits, expected exactly one")
+        elif -debited != charged:
+            problems.append(f"{name}: debited {-debited} but charged {charged}")
+        if refunds > 1:
+            problems.append(f"{name}: {refunds} refunds")
+        if refunds and refunded > -(debited or 0):
+            problems.append(f"{name}: refunded {refunded}, more than its debit")
+        if state in unsuccessful and refunds != 1:
+            problems.append(f"{name}: {state} but refunded {refunds} times")
+        if state not in unsuccessful and refunds:
+            problems.append(f"{name}: {state} yet refunded")
+    return problems

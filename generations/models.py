@@ -1,0 +1,177 @@
+"""Generation tasks, their history, and the prices members pay for them."""
+
+import math
+import uuid
+from dataclasses import dataclass
+from decimal import Decimal
+
+from django.conf import settings
+from django.core.validators import MinValueValidator
+from django.db import models
+from django.utils import timezone
+
+from generations import providers
+from generations.providers import GenerationRequest, Kind, catalog
+
+
+class ModelPrice(models.Model):
+    """What one model costs in credits. Edited by admins; the single source of every price."""
+
+    class Unit(models.TextChoices):
+        SECOND = "second", "per second of video"
+        IMAGE = "image", "per image"
+        TASK = "task", "per task"
+
+    provider = models.CharField(max_length=20, choices=providers.choices())
+    model = models.CharField(max_length=64)
+    unit = models.CharField(max_length=10, choices=Unit.choices)
+    credits_per_unit = models.PositiveIntegerField(validators=[MinValueValidator(1)])
+    resolution_multipliers = models.JSONField(
+        default=dict,
+        blank=True,
+        help_text='Multiplier per resolution, e.g. {"1080p": 1.5, "4k": 3}. Missing: 1.',
+    )
+    updated_at = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        ordering = ["provider", "model"]
+        constraints = [
+            models.UniqueConstraint(fields=["provider", "model"], name="one_price_per_model"),
+            models.CheckConstraint(
+                condition=models.Q(credits_per_unit__gte=1), name="price_at_least_one_credit"
+            ),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.provider}/{self.model}: {self.credits_per_unit} {self.get_unit_display()}"
+
+
+@dataclass(frozen=True)
+class Quote:
+    """A price: what the form shows and exactly what the debit takes."""
+
+    unit: str
+    credits_per_unit: int
+    units: int
+    multiplier: Decimal
+    total: int
+
+
+class PriceMissing(Exception):
+    pass
+
+
+def quote(request: GenerationRequest) -> Quote:
+    """The price of a request, for the duration and resolution actually sent to the gateway."""
+    price = ModelPrice.objects.filter(provider=request.provider, model=request.model).first()
+    if price is None:
+        raise PriceMissing(f"No price is set for {request.provider}/{request.model}.")
+    units = request.duration if price.unit == ModelPrice.Unit.SECOND else 1
+    if not units or units < 1:
+        raise PriceMissing(f"{request.model} is priced per second but no duration was given.")
+    raw = price.resolution_multipliers.get(request.resolution or "", 1)
+    multiplier = Decimal(str(raw))
+    total = math.ceil(Decimal(price.credits_per_unit) * units * multiplier)
+    return Quote(price.unit, price.credits_per_unit, units, multiplier, max(total, 1))
+
+
+class TaskQuerySet(models.QuerySet):
+    def visible_to(self, user) -> "TaskQuerySet":
+        return self.filter(user=user)
+
+    def active(self) -> "TaskQuerySet":
+        return self.filter(state__in=Task.ACTIVE_STATES)
+
+
+class Task(models.Model):
+    """One generation a member paid for, from submit to stored result or refund."""
+
+    class State(models.TextChoices):
+        QUEUED = "queued", "Queued"
+        SUBMITTED = "submitted", "Submitted"
+        RUNNING = "running", "Running"
+        FETCHING = "fetching", "Saving result"
+        SUCCEEDED = "succeeded", "Succeeded"
+        FAILED = "failed", "Failed"
+        CANCELED = "canceled", "Canceled"
+        NEEDS_REVIEW = "needs_review", "Needs review"
+
+    ACTIVE_STATES = (
+        State.QUEUED,
+        State.SUBMITTED,
+        State.RUNNING,
+        State.FETCHING,
+        State.NEEDS_REVIEW,
+    )
+    TERMINAL_STATES = (State.SUCCEEDED, State.FAILED, State.CANCELED)
+
+    code = models.UUIDField(default=uuid.uuid4, unique=True, editable=False)
+    user = models.ForeignKey(
+        settings.AUTH_USER_MODEL, on_delete=models.PROTECT, related_name="tasks"
+    )
+    provider = models.CharField(max_length=20, choices=providers.choices())
+    model = models.CharField(max_length=64)
+    kind = models.CharField(max_length=10, choices=[(k.value, k.value) for k in Kind])
+    prompt = models.TextField()
+    params = models.JSONField(default=dict, blank=True)
+    key = models.ForeignKey(
+        "accounts.ProviderKey",
+        on_delete=models.SET_NULL,
+        null=True,
+        blank=True,
+        related_name="tasks",
+    )
+    key_label = models.CharField(max_length=200, help_text="Which key paid, as it was then.")
+    state = models.CharField(max_length=16, choices=State.choices, default=State.QUEUED)
+    submit_token = models.UUIDField(null=True, blank=True, editable=False)
+    # The price snapshot taken at submit, so later price edits never change what was paid.
+    price_unit = models.CharField(max_length=10)
+    price_credits_per_unit = models.PositiveIntegerField()
+    price_units = models.PositiveIntegerField()
+    price_multiplier = models.DecimalField(max_digits=6, decimal_places=3)
+    credits_charged = models.PositiveIntegerField()
+    gateway_cost = models.DecimalField(max_digits=12, decimal_places=4, null=True, blank=True)
+    provider_task_id = models.CharField(max_length=200, blank=True)
+    progress = models.PositiveSmallIntegerField(null=True, blank=True)
+    message = models.TextField(blank=True, help_text="What happened, for people.")
+    created_at = models.DateTimeField(default=timezone.now, db_index=True)
+    updated_at = models.DateTimeField(auto_now=True)
+    finished_at = models.DateTimeField(null=True, blank=True)
+
+    objects = TaskQuerySet.as_manager()
+
+    class Meta:
+        ordering = ["-created_at", "-id"]
+        constraints = [
+            models.UniqueConstraint(
+                fields=["user", "submit_token"], name="one_task_per_submit_token"
+            ),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.model} task {self.code}"
+
+    @property
+    def is_active(self) -> bool:
+        return self.state in self.ACTIVE_STATES
+
+    @property
+    def spec(self) -> catalog.ModelSpec | None:
+        return catalog.get(self.provider, self.model)
+
+
+class TaskEvent(models.Model):
+    """A state change of a task: who or what moved it, when and why. Append-only by habit."""
+
+    task = models.ForeignKey(Task, on_delete=models.CASCADE, related_name="events")
+    from_state = models.CharField(max_length=16, blank=True)
+    to_state = models.CharField(max_length=16)
+    actor = models.CharField(max_length=60, help_text="e.g. member, poll, webhook, admin:carol")
+    reason = models.TextField(blank=True)
+    created_at = models.DateTimeField(default=timezone.now)
+
+    class Meta:
+        ordering = ["created_at", "id"]
+
+    def __str__(self) -> str:
+        return f"{self.from_state or '∅'} → {self.to_state} ({self.actor})"
