@@ -15,6 +15,7 @@ from django.core.validators import URLValidator
 from django.db import models
 from django.db.models import Q
 from django.utils import timezone
+from django.views.decorators.debug import sensitive_variables
 
 from accounts import crypto
 from generations import providers
@@ -49,6 +50,7 @@ class KeyUnusable(Exception):
     """The key cannot be used: disabled, refused by the gateway, or not decryptable."""
 
 
+@sensitive_variables("secret")
 def validate_secret(secret: str) -> None:
     if not secret or not secret.strip():
         raise ValidationError("Paste the API key; it cannot be empty.")
@@ -142,6 +144,7 @@ class ProviderKey(models.Model):
             return "disabled"
         return "active"
 
+    @sensitive_variables("secret")
     def set_secret(self, secret: str) -> None:
         """Store a new secret; a key refused earlier gets its chance again."""
         validate_secret(secret)
@@ -151,6 +154,7 @@ class ProviderKey(models.Model):
         self.invalid_message = ""
         self.needs_reentry = False
 
+    @sensitive_variables("secret")
     def credentials(self) -> providers.Credentials:
         """Decrypted credentials for one gateway call. Fails closed, and says so on the key."""
         if self.is_disabled or self.invalid_at or self.needs_reentry:

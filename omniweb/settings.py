@@ -114,8 +114,9 @@ if not DATABASE_URL:
 # theirs open and block dropping the test database.
 DATABASES = {"default": database_config(DATABASE_URL, conn_max_age=0 if RUNNING_TESTS else 60)}
 if DATABASES["default"]["ENGINE"].endswith("sqlite3"):
-    # A file, not memory, so tests can start a real worker process against the test database.
-    DATABASES["default"]["TEST"] = {"NAME": str(VAR_DIR / "test-omniweb.sqlite3")}
+    # A file, not memory, so tests can start a real worker process against the test database;
+    # one per test process, so two suites running at once never share it.
+    DATABASES["default"]["TEST"] = {"NAME": str(VAR_DIR / f"test-omniweb-{os.getpid()}.sqlite3")}
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 
 REDIS_URL = env_str("REDIS_URL")

@@ -21,6 +21,7 @@ from enum import StrEnum
 from typing import Any, ClassVar
 
 import httpx
+from django.views.decorators.debug import sensitive_variables
 
 from generations.providers.http import shared_client
 
@@ -262,6 +263,8 @@ class Provider(ABC):
             )
         return base.rstrip("/") + path
 
+    # Error reports list local variables; these two hold the bearer token.
+    @sensitive_variables("credentials", "headers")
     def _call(self, method: str, path: str, credentials: Credentials, **kwargs) -> Any:
         url = self.url(path, credentials)
         headers = {"Authorization": f"Bearer {credentials.api_key}", "Accept": "application/json"}

@@ -9,7 +9,8 @@ from pathlib import Path
 
 from django.conf import settings
 
-# Field name -> the adapter modules that may write it.
+# Field name -> the adapter modules that may write it. Words that are also everyday Django or
+# HTML names ("size", "seconds", "credits") are left out: they would only produce noise.
 FIELDS = {
     "webhook_url": {"omniakey"},
     "estimated_time": {"omniakey", "apimart"},
@@ -17,17 +18,13 @@ FIELDS = {
     "task_status": {"omnivideo"},
     "image_url": {"omnivideo"},
     "video_url": {"omnivideo", "omixa"},
-    "credits": {"omnivideo"},
     "image_urls": {"omnivideo", "apimart"},
     "task_id": {"omnivideo", "apimart"},
     "expires_at": {"apimart"},
-    "videos": {"apimart"},
     "video_operation": {"omixa"},
     "wait_seconds": {"omixa"},
     "poll_interval_seconds": {"omixa"},
     "job_id": {"omixa"},
-    "seconds": {"omixa"},
-    "size": {"omixa"},
 }
 
 
