@@ -193,6 +193,8 @@ X_FRAME_OPTIONS = "DENY"
 # WhiteNoise finds files in the source folders while DEBUG is on; production runs collectstatic.
 WHITENOISE_USE_FINDERS = DEBUG
 
+DEFAULT_EXCEPTION_REPORTER_FILTER = "omniweb.reporting.SecretRedactingFilter"
+
 LOGGING = {
     "version": 1,
     "disable_existing_loggers": False,
