@@ -4,6 +4,13 @@ from accounts import views
 
 urlpatterns = [
     path("profile/", views.profile, name="accounts-profile"),
+    path("keys/", views.keys, name="accounts-keys"),
+    path("keys/add/", views.key_add, name="accounts-key-add"),
+    path("keys/<uuid:code>/edit/", views.key_edit, name="accounts-key-edit"),
+    path("keys/<uuid:code>/secret/", views.key_secret, name="accounts-key-secret"),
+    path("keys/<uuid:code>/toggle/", views.key_toggle, name="accounts-key-toggle"),
+    path("keys/<uuid:code>/delete/", views.key_delete, name="accounts-key-delete"),
+    path("credits/", views.credits, name="accounts-credits"),
     # Login, logout, password change and password reset, with Django's own URL names.
     path("", include("django.contrib.auth.urls")),
 ]
