@@ -62,10 +62,13 @@ def append_entry(
 
 @transaction.atomic
 def grant(user, amount: int, *, by, reason: str, idempotency_key: str | None = None):
-    """Give a member credits (an admin's grant)."""
+    """Give a member credits (an admin's grant). A repeated `idempotency_key` returns the
+    entry the first call wrote."""
     if not isinstance(amount, int) or isinstance(amount, bool) or amount <= 0:
         raise ValueError("A grant is a whole number of credits above zero.")
     locked = lock_user(user.pk)
+    if idempotency_key and (done := LedgerEntry.objects.filter(idempotency_key=idempotency_key)):
+        return done.get()
     return append_entry(
         locked,
         LedgerEntry.Kind.GRANT,
@@ -84,6 +87,8 @@ def deduct(user, amount: int, *, by, reason: str, idempotency_key: str | None = 
     if not reason.strip():
         raise ValueError("Say why the credits are taken back.")
     locked = lock_user(user.pk)
+    if idempotency_key and (done := LedgerEntry.objects.filter(idempotency_key=idempotency_key)):
+        return done.get()
     return append_entry(
         locked,
         LedgerEntry.Kind.ADJUSTMENT,
@@ -140,8 +145,11 @@ def period_starts(now: datetime | None = None) -> tuple[datetime, datetime]:
 def spending(user, now: datetime | None = None) -> dict[str, int]:
     """Credits spent (debits less refunds) today and this month."""
     day, month = period_starts(now)
+    # Bounded by the month in the WHERE clause, so a submit reads one month of history at most.
     money = LedgerEntry.objects.filter(
-        user=user, kind__in=[LedgerEntry.Kind.DEBIT, LedgerEntry.Kind.REFUND]
+        user=user,
+        kind__in=[LedgerEntry.Kind.DEBIT, LedgerEntry.Kind.REFUND],
+        created_at__gte=min(day, month),
     )
     sums = money.aggregate(
         today=Sum("amount", filter=Q(created_at__gte=day)),

@@ -243,19 +243,18 @@ class LedgerEntry(models.Model):
 
 class QuotaFields(models.Model):
     max_active_tasks = models.PositiveIntegerField(
-        null=True, blank=True, help_text="Tasks that may run at once. Empty: no limit."
+        null=True, blank=True, help_text="Tasks that may run at once."
     )
     max_credits_per_day = models.PositiveIntegerField(
-        null=True, blank=True, help_text="Credits that may be spent per day. Empty: no limit."
+        null=True, blank=True, help_text="Credits that may be spent per day."
     )
     max_credits_per_month = models.PositiveIntegerField(
-        null=True, blank=True, help_text="Credits that may be spent per month. Empty: no limit."
+        null=True, blank=True, help_text="Credits that may be spent per month."
     )
     allowed_models = models.JSONField(
         default=list,
         blank=True,
-        help_text='Models that may be used, e.g. ["apimart/Omni-Flash-Ext", "omniakey/*"]. '
-        "Empty: every model.",
+        help_text='Models that may be used, e.g. ["apimart/Omni-Flash-Ext", "omniakey/*"].',
     )
 
     class Meta:
@@ -263,11 +262,18 @@ class QuotaFields(models.Model):
 
 
 class TeamQuota(QuotaFields):
-    """The team-wide defaults; a member's own Quota overrides them field by field."""
+    """The team-wide defaults; a member's own Quota overrides them field by field.
+    Empty fields mean no limit."""
+
+    # Always 1: the database keeps this table to a single row.
+    singleton = models.PositiveSmallIntegerField(default=1, unique=True, editable=False)
 
     class Meta:
         verbose_name = "team quota defaults"
         verbose_name_plural = "team quota defaults"
+        constraints = [
+            models.CheckConstraint(condition=Q(singleton=1), name="team_quota_single_row")
+        ]
 
     def __str__(self) -> str:
         return "Team quota defaults"
@@ -278,6 +284,8 @@ class TeamQuota(QuotaFields):
 
 
 class Quota(QuotaFields):
+    """A member's own limits; an empty field falls back to the team default."""
+
     user = models.OneToOneField(
         settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="quota"
     )

@@ -6,12 +6,28 @@ from dataclasses import dataclass
 from decimal import Decimal
 
 from django.conf import settings
+from django.core.exceptions import ValidationError
 from django.core.validators import MinValueValidator
 from django.db import models
 from django.utils import timezone
 
 from generations import providers
 from generations.providers import GenerationRequest, Kind, catalog
+
+
+def validate_multipliers(value) -> None:
+    """A JSON object of resolution -> positive number that a task's price snapshot can hold."""
+    if not isinstance(value, dict):
+        raise ValidationError('Write the multipliers as an object, e.g. {"1080p": 1.5}.')
+    for resolution, multiplier in value.items():
+        if isinstance(multiplier, bool) or not isinstance(multiplier, int | float):
+            raise ValidationError(f"The multiplier for {resolution!r} must be a number.")
+        number = Decimal(str(multiplier))
+        if not 0 < number < 1000 or number.as_tuple().exponent < -3:
+            raise ValidationError(
+                f"The multiplier for {resolution!r} must be above 0 and below 1000, "
+                "with at most three decimals."
+            )
 
 
 class ModelPrice(models.Model):
@@ -29,6 +45,7 @@ class ModelPrice(models.Model):
     resolution_multipliers = models.JSONField(
         default=dict,
         blank=True,
+        validators=[validate_multipliers],
         help_text='Multiplier per resolution, e.g. {"1080p": 1.5, "4k": 3}. Missing: 1.',
     )
     updated_at = models.DateTimeField(auto_now=True)

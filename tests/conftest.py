@@ -68,3 +68,26 @@ def page(live_server):
         # close them here or they keep the test database from being dropped.
         connections.close_all()
     os.environ.pop("DJANGO_ALLOW_ASYNC_UNSAFE", None)
+
+
+@pytest.fixture(autouse=True)
+def seeded_prices(request):
+    """Transactional tests empty every table when they end, the prices a migration seeded
+    included: any test that uses the database starts with them in place."""
+    marker = request.node.get_closest_marker("django_db")
+    names = set(request.fixturenames)
+    if not marker and not {"db", "transactional_db", "live_server"} & names:
+        return
+    transactional = bool(marker and marker.kwargs.get("transaction")) or bool(
+        {"transactional_db", "live_server"} & names
+    )
+    # Make sure database access is set up before this fixture touches it.
+    request.getfixturevalue("transactional_db" if transactional else "db")
+    import importlib
+
+    from django.apps import apps
+
+    from generations.models import ModelPrice
+
+    if not ModelPrice.objects.exists():
+        importlib.import_module("generations.migrations.0002_seed_prices").seed(apps, None)

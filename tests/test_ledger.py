@@ -72,6 +72,13 @@ def test_one_price_function_prices_what_is_sent(request_, total):
     assert quote(request_).total == total
 
 
+def test_a_resolution_in_capitals_costs_what_it_costs_in_lower_case(funded, key, carol):
+    ledger.grant(funded, 500, by=carol, reason="more")
+    upper = GenerationRequest("apimart", "Omni-Flash-Ext", "p", duration=4, resolution="4K")
+    task, _ = submit_task(funded, upper, key=key)
+    assert (task.params["resolution"], task.credits_charged) == ("4k", 96)
+
+
 def test_every_catalogued_model_has_a_seeded_price():
     from generations.providers import catalog
 

@@ -249,9 +249,15 @@ def with_defaults(request: GenerationRequest) -> GenerationRequest:
     spec = get(request.provider, request.model)
     if spec is None:
         return request
+    resolution = request.resolution or spec.default_resolution
+    if resolution and spec.resolutions_case_insensitive:
+        # "4K" and "4k" are the same to the gateway; one spelling keeps prices and records exact.
+        resolution = next(
+            (r for r in spec.resolutions if r.lower() == resolution.lower()), resolution
+        )
     return replace(
         request,
         duration=request.duration if request.duration is not None else spec.default_duration,
-        resolution=request.resolution or spec.default_resolution,
+        resolution=resolution,
         aspect_ratio=request.aspect_ratio or spec.default_aspect_ratio,
     )

@@ -109,3 +109,8 @@ def test_defaults_fill_only_what_was_left_empty():
     assert (sora.duration, sora.resolution, sora.aspect_ratio) == (12, "1080p", "16:9")
     image = catalog.with_defaults(GenerationRequest("omnivideo", "gpt-image-2", "p"))
     assert (image.duration, image.resolution, image.aspect_ratio) == (None, None, "16:9")
+
+
+def test_case_insensitive_resolutions_are_sent_and_priced_in_one_spelling():
+    upper = GenerationRequest("apimart", "Omni-Flash-Ext", "p", resolution="4K")
+    assert catalog.with_defaults(upper).resolution == "4k"
