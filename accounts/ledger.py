@@ -22,6 +22,11 @@ class InsufficientCredits(Exception):
     pass
 
 
+def _whole_credits(amount, what: str) -> None:
+    if not isinstance(amount, int) or isinstance(amount, bool) or amount <= 0:
+        raise ValueError(f"A {what} is a whole number of credits above zero.")
+
+
 def lock_user(user_id: int):
     """The member's row, locked until the transaction ends (a no-op outside PostgreSQL, where
     SQLite's IMMEDIATE transactions already serialize writers)."""
@@ -64,8 +69,7 @@ def append_entry(
 def grant(user, amount: int, *, by, reason: str, idempotency_key: str | None = None):
     """Give a member credits (an admin's grant). A repeated `idempotency_key` returns the
     entry the first call wrote."""
-    if not isinstance(amount, int) or isinstance(amount, bool) or amount <= 0:
-        raise ValueError("A grant is a whole number of credits above zero.")
+    _whole_credits(amount, "grant")
     locked = lock_user(user.pk)
     if idempotency_key and (done := LedgerEntry.objects.filter(idempotency_key=idempotency_key)):
         return done.get()
@@ -82,8 +86,7 @@ def grant(user, amount: int, *, by, reason: str, idempotency_key: str | None = N
 @transaction.atomic
 def deduct(user, amount: int, *, by, reason: str, idempotency_key: str | None = None):
     """Take credits back (an admin's adjustment); never below zero."""
-    if not isinstance(amount, int) or isinstance(amount, bool) or amount <= 0:
-        raise ValueError("A deduction is a whole number of credits above zero.")
+    _whole_credits(amount, "deduction")
     if not reason.strip():
         raise ValueError("Say why the credits are taken back.")
     locked = lock_user(user.pk)

@@ -67,50 +67,34 @@ def _omniakey(model: str, label: str, max_seconds: int, summary: str) -> ModelSp
     )
 
 
-_OMNIVIDEO_NOTES = (
-    "The document has no duration or resolution field: none is sent, and the price is per task.",
-    "The document shows aspect_ratio 16:9 only; 9:16 and 1:1 are assumed.",
-    "The document takes a list of reference images without a limit; Omniweb sends at most one.",
-)
+def _omnivideo(model: str, label: str, kind: Kind, summary: str) -> ModelSpec:
+    return ModelSpec(
+        provider="omnivideo",
+        model=model,
+        label=label,
+        kind=kind,
+        summary=summary,
+        aspect_ratios=("16:9", "9:16", "1:1"),
+        default_aspect_ratio="16:9",
+        image_counts=(0, 1),
+        notes=(
+            "The document has no duration or resolution field: none is sent, and the price is "
+            "per task.",
+            "The document shows aspect_ratio 16:9 only; 9:16 and 1:1 are assumed.",
+            "The document takes a list of reference images without a limit; Omniweb sends at "
+            "most one.",
+        ),
+    )
+
 
 MODELS: tuple[ModelSpec, ...] = (
     _omniakey("sora", "Sora", 15, "OpenAI · photorealistic text-to-video, up to 15 s"),
     _omniakey("runway-gen3", "Runway Gen-3", 10, "Runway · style control, up to 10 s"),
     _omniakey("kling-1.5", "Kling 1.5", 10, "Kuaishou · fast generation, good motion, up to 10 s"),
     _omniakey("pika-1.5", "Pika 1.5", 5, "Pika Labs · stylized output, up to 5 s"),
-    ModelSpec(
-        provider="omnivideo",
-        model="seedance-2",
-        label="Seedance 2.0",
-        kind=Kind.VIDEO,
-        summary="Text or image to video",
-        aspect_ratios=("16:9", "9:16", "1:1"),
-        default_aspect_ratio="16:9",
-        image_counts=(0, 1),
-        notes=_OMNIVIDEO_NOTES,
-    ),
-    ModelSpec(
-        provider="omnivideo",
-        model="gpt-image-2",
-        label="ChatGPT Image 2",
-        kind=Kind.IMAGE,
-        summary="Text or image to image",
-        aspect_ratios=("16:9", "9:16", "1:1"),
-        default_aspect_ratio="16:9",
-        image_counts=(0, 1),
-        notes=_OMNIVIDEO_NOTES,
-    ),
-    ModelSpec(
-        provider="omnivideo",
-        model="nano-banana-2",
-        label="Nano Banana 2",
-        kind=Kind.IMAGE,
-        summary="Text or image to image",
-        aspect_ratios=("16:9", "9:16", "1:1"),
-        default_aspect_ratio="16:9",
-        image_counts=(0, 1),
-        notes=_OMNIVIDEO_NOTES,
-    ),
+    _omnivideo("seedance-2", "Seedance 2.0", Kind.VIDEO, "Text or image to video"),
+    _omnivideo("gpt-image-2", "ChatGPT Image 2", Kind.IMAGE, "Text or image to image"),
+    _omnivideo("nano-banana-2", "Nano Banana 2", Kind.IMAGE, "Text or image to image"),
     ModelSpec(
         provider="apimart",
         model="Omni-Flash-Ext",

@@ -62,6 +62,17 @@ def _token(request: HttpRequest) -> str | None:
     return header[7:].strip()
 
 
+def _key_problem(request: HttpRequest) -> str | None:
+    """ "refused" for a missing key or one containing "invalid"; "empty" for an account with no
+    balance (a key containing "broke"); None for a good key."""
+    token = _token(request)
+    if token is None or "invalid" in token:
+        return "refused"
+    if "broke" in token:
+        return "empty"
+    return None
+
+
 def _json_body(request: HttpRequest) -> dict[str, Any] | None:
     try:
         body = json.loads(request.body or b"null")
@@ -150,10 +161,10 @@ def _omniakey_task(site: str, job: SimulatedJob) -> dict[str, Any]:
 
 
 def _omniakey_auth(request: HttpRequest) -> JsonResponse | None:
-    token = _token(request)
-    if token is None or "invalid" in token:
+    problem = _key_problem(request)
+    if problem == "refused":
         return _omniakey_error(401, "Invalid API key", "authentication_error")
-    if "broke" in token:
+    if problem == "empty":
         return _omniakey_error(402, "Insufficient balance", "payment_required")
     return None
 
@@ -246,8 +257,7 @@ def _envelope(code: int, msg: str, data: Any = None, status: int = 200) -> JsonR
 
 
 def _omnivideo_auth(request: HttpRequest) -> JsonResponse | None:
-    token = _token(request)
-    if token is None or "invalid" in token:
+    if _key_problem(request) == "refused":
         return _envelope(401, "无效的 API Key", status=401)
     return None
 
@@ -273,7 +283,7 @@ def omnivideo_create(request: HttpRequest) -> HttpResponse:
     images = body.get("image_urls", [])
     if not isinstance(images, list) or not all(isinstance(u, str) for u in images):
         return _envelope(0, "image_urls 格式错误")
-    if "broke" in (_token(request) or ""):
+    if _key_problem(request) == "empty":
         return _envelope(0, "积分不足,请充值")
     width, height = _small_size(body.get("aspect_ratio"))
     job = _create(
@@ -330,10 +340,10 @@ def _apimart_error(status: int, kind: str, message: str) -> JsonResponse:
 
 
 def _apimart_auth(request: HttpRequest) -> JsonResponse | None:
-    token = _token(request)
-    if token is None or "invalid" in token:
+    problem = _key_problem(request)
+    if problem == "refused":
         return _apimart_error(401, "authentication_error", "Invalid token")
-    if "broke" in token:
+    if problem == "empty":
         return _apimart_error(402, "payment_required", "Insufficient balance")
     return None
 
@@ -434,10 +444,10 @@ def _omixa_error(status: int, code: str, message: str) -> JsonResponse:
 
 
 def _omixa_auth(request: HttpRequest) -> JsonResponse | None:
-    token = _token(request)
-    if token is None or "invalid" in token:
+    problem = _key_problem(request)
+    if problem == "refused":
         return _omixa_error(401, "unauthorized", "Invalid workspace key")
-    if "broke" in token:
+    if problem == "empty":
         return _omixa_error(402, "insufficient_credits", "Workspace is out of credits")
     return None
 
