@@ -78,6 +78,13 @@ class ProviderKeyQuerySet(models.QuerySet):
     def team(self) -> "ProviderKeyQuerySet":
         return self.filter(owner__isnull=True)
 
+    def choices_for(self, user, provider: str) -> "ProviderKeyQuerySet":
+        """The keys a member may pay with on `provider`, their own first: the first is the
+        default the create form offers."""
+        return self.usable_by(user, provider).order_by(
+            models.Case(models.When(owner=user, then=0), default=1), "label", "pk"
+        )
+
 
 class ProviderKey(models.Model):
     """An API key for one gateway: a member's own, or a team key shared by an admin."""

@@ -195,6 +195,16 @@ def test_a_team_key_pays_only_for_members_it_is_shared_with(funded, bob, carol):
         submit_task(bob, CAT, key=team)
 
 
+def test_a_members_own_key_comes_first_among_the_keys_they_may_use(funded, key):
+    team = make_key(None, label="A team key")
+    team.allowed_users.add(funded)
+    make_key(None, label="Not shared")
+    assert list(ProviderKey.objects.choices_for(funded, "apimart")) == [key, team]
+    ProviderKey.objects.filter(pk=key.pk).update(is_disabled=True)
+    assert list(ProviderKey.objects.choices_for(funded, "apimart")) == [team]
+    assert list(ProviderKey.objects.choices_for(funded, "omniakey")) == []
+
+
 # --- quotas ---------------------------------------------------------------------------------------
 
 
