@@ -87,13 +87,12 @@ def wait_until_healthy(url: str, seconds: float, procs: list[subprocess.Popen]) 
     while time.monotonic() < deadline:
         if any(p.poll() is not None for p in procs):
             return None
-        try:
+        # Not answering yet (still starting) or not JSON yet: ask again shortly.
+        with contextlib.suppress(OSError, ValueError):
             with urllib.request.urlopen(url, timeout=2) as response:
                 body = json.load(response)
             if body.get("worker", {}).get("alive"):
                 return body
-        except (OSError, ValueError):
-            pass
         time.sleep(0.5)
     return None
 

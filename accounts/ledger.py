@@ -19,7 +19,7 @@ from accounts.models import LedgerEntry, Quota, TeamQuota
 
 
 class InsufficientCredits(Exception):
-    pass
+    """The entry would take the balance below zero; nothing was written."""
 
 
 def _whole_credits(amount, what: str) -> None:

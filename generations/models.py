@@ -75,7 +75,7 @@ class Quote:
 
 
 class PriceMissing(Exception):
-    pass
+    """No price is set for the model, or a per-second price has no duration to multiply."""
 
 
 def quote(request: GenerationRequest) -> Quote:

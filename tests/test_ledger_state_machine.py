@@ -175,7 +175,7 @@ class LedgerMachine(RuleBasedStateMachine):
             assert self._ledger_size() == before
             return
         task, created = submit_task(self.users[who], request, key=key, token=token)
-        assert created
+        assert created is True
         assert task.credits_charged == price
         self.balance[who] -= price
         self.tasks[task.pk] = ExpectedTask(who, request, token, price)
@@ -221,7 +221,7 @@ class LedgerMachine(RuleBasedStateMachine):
             moved = transition(
                 Task.objects.get(pk=pk), NEXT[current], from_states=[current], actor="poll"
             )
-        assert moved
+        assert moved is True, f"{current} -> {NEXT[current]} was refused"
         self.tasks[pk].state = NEXT[current]
 
     @precondition(lambda self: self._pks(Task.ACTIVE_STATES))
@@ -254,17 +254,12 @@ class LedgerMachine(RuleBasedStateMachine):
             expected.state = step
         claimed = expected.state
         before = self._ledger_size()
-        try:
-            with transaction.atomic():
-                if ends_as == "succeeded":
-                    transition(
-                        task, Task.State.SUCCEEDED, from_states=Task.ACTIVE_STATES, actor="poll"
-                    )
-                else:
-                    fail_task(task, actor="poll", reason="gateway said failed")
-                raise WorkerCrashed
-        except WorkerCrashed:
-            pass
+        with pytest.raises(WorkerCrashed), transaction.atomic():
+            if ends_as == "succeeded":
+                transition(task, Task.State.SUCCEEDED, from_states=Task.ACTIVE_STATES, actor="poll")
+            else:
+                fail_task(task, actor="poll", reason="gateway said failed")
+            raise WorkerCrashed
         assert self._ledger_size() == before
         assert Task.objects.get(pk=pk).state == claimed
 
