@@ -18,9 +18,9 @@ from django.urls import path
 
 from accounts.models import LedgerEntry
 from generations import providers
-from generations.models import ModelPrice, Task, TaskEvent
+from generations.models import ModelPrice, Task, TaskEvent, TaskInReview
 from generations.providers import catalog
-from generations.services import fail_task
+from generations.services import fail_task, mark_delivered, recheck_now
 
 # Task.price_multiplier keeps three decimals and at most 999.999; a multiplier it cannot hold
 # would fail every submit for that model.
@@ -164,6 +164,9 @@ class CostRow:
     refunded: int = 0
     gateway_cost: Decimal | None = None
     with_cost: int = 0
+    # What the gateway charged for tasks we refunded: failed after it billed, results that
+    # could not be stored, cancels it still finished.
+    lost_cost: Decimal | None = None
 
     @property
     def net(self) -> int:
@@ -173,6 +176,11 @@ class CostRow:
     def gateway_name(self) -> str:
         gateway = providers.REGISTRY.get(self.provider)
         return gateway.name if gateway else self.provider
+
+
+def _places(cost) -> Decimal | None:
+    # SQLite sums decimals as floats; the column keeps four places, and so does the report.
+    return None if cost is None else Decimal(str(cost)).quantize(COST_PLACES)
 
 
 def gateway_cost_report() -> list[CostRow]:
@@ -188,17 +196,18 @@ def gateway_cost_report() -> list[CostRow]:
         .annotate(
             tasks=Count("pk"),
             cost=Sum("gateway_cost"),
+            lost=Sum("gateway_cost", filter=Q(state__in=[Task.State.FAILED, Task.State.CANCELED])),
             with_cost=Count("pk", filter=Q(gateway_cost__isnull=False)),
         )
     )
     for group in tasks:
         key = (group["provider"], group["key_label"], group["month"])
-        cost = group["cost"]
-        # SQLite sums decimals as floats; the column keeps four places, and so does the report.
-        if cost is not None:
-            cost = Decimal(str(cost)).quantize(COST_PLACES)
         rows[key] = CostRow(
-            *key, tasks=group["tasks"], gateway_cost=cost, with_cost=group["with_cost"]
+            *key,
+            tasks=group["tasks"],
+            gateway_cost=_places(group["cost"]),
+            with_cost=group["with_cost"],
+            lost_cost=_places(group["lost"]),
         )
     money = (
         LedgerEntry.objects.filter(
@@ -226,6 +235,8 @@ def report_totals(rows: list[CostRow]) -> CostRow:
         total.with_cost += row.with_cost
         if row.gateway_cost is not None:
             total.gateway_cost = (total.gateway_cost or Decimal(0)) + row.gateway_cost
+        if row.lost_cost is not None:
+            total.lost_cost = (total.lost_cost or Decimal(0)) + row.lost_cost
     return total
 
 
@@ -246,7 +257,7 @@ class TaskAdmin(admin.ModelAdmin):
     list_filter = ("state", "provider")
     list_select_related = ("user",)
     search_fields = ("code", "user__username", "provider_task_id", "key_label")
-    actions = ["fail_and_refund"]
+    actions = ["fail_and_refund", "recheck", "mark_as_delivered"]
     inlines = [TaskEventInline]
     fieldsets = (
         (None, {"fields": ("code", "user", "provider", "model", "kind", "state", "progress")}),
@@ -268,7 +279,35 @@ class TaskAdmin(admin.ModelAdmin):
         ),
         (
             "Gateway",
-            {"fields": ("provider_task_id", "created_at", "updated_at", "finished_at")},
+            {
+                "fields": (
+                    "provider_task_id",
+                    "created_at",
+                    "updated_at",
+                    "finished_at",
+                    "deadline_at",
+                    "give_up_at",
+                    "gateway_results",
+                    "last_response",
+                )
+            },
+        ),
+        (
+            "Engine",
+            {
+                "fields": (
+                    "next_check_at",
+                    "lease_owner",
+                    "lease_until",
+                    "submit_sent_at",
+                    "submit_attempts",
+                    "polls",
+                    "error_streak",
+                    "not_found_streak",
+                    "download_attempts",
+                    "estimated_seconds",
+                )
+            },
         ),
     )
     readonly_fields = [name for _, options in fieldsets for name in options["fields"]]
@@ -308,6 +347,38 @@ class TaskAdmin(admin.ModelAdmin):
                 messages.WARNING,
             )
 
+    @admin.action(description="Re-check the selected tasks now", permissions=["fail"])
+    def recheck(self, request, queryset):
+        count = sum(recheck_now(task) for task in queryset)
+        self.message_user(
+            request,
+            f"{count} active task{'s' if count != 1 else ''} will be checked within seconds; "
+            "finished tasks were left alone.",
+            messages.SUCCESS,
+        )
+
+    @admin.action(
+        description="Mark as delivered (no refund): confirmed at the gateway",
+        permissions=["fail"],
+    )
+    def mark_as_delivered(self, request, queryset):
+        actor = f"admin:{request.user.username}"
+        count = sum(mark_delivered(task, actor=actor) for task in queryset)
+        skipped = queryset.count() - count
+        if count:
+            self.message_user(
+                request,
+                f"Marked {count} task{'s' if count != 1 else ''} as delivered.",
+                messages.SUCCESS,
+            )
+        if skipped:
+            self.message_user(
+                request,
+                f"{skipped} of the selected tasks were not waiting for review; they were left "
+                "alone.",
+                messages.WARNING,
+            )
+
     def get_urls(self):
         report = path(
             "cost-report/",
@@ -329,3 +400,17 @@ class TaskAdmin(admin.ModelAdmin):
             "totals": report_totals(rows),
         }
         return TemplateResponse(request, "admin/generations/task/cost_report.html", context)
+
+
+@admin.register(TaskInReview)
+class TaskReviewAdmin(TaskAdmin):
+    """The review list: re-check, fail and refund, or mark as delivered."""
+
+    list_display = ("code", "user", "provider", "model", "message", "give_up_at", "updated_at")
+    list_filter = ("provider",)
+
+    def get_queryset(self, request):
+        return super().get_queryset(request).needing_review()
+
+    def get_urls(self):
+        return admin.ModelAdmin.get_urls(self)

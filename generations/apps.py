@@ -1,4 +1,5 @@
 from django.apps import AppConfig
+from django.db.models.signals import post_migrate
 
 
 class GenerationsConfig(AppConfig):
@@ -7,3 +8,7 @@ class GenerationsConfig(AppConfig):
 
     def ready(self) -> None:
         from generations import checks  # noqa: F401  (registers the queue configuration check)
+        from generations.jobs import ensure_schedule
+
+        # Schedules are rows in the database: created after migrate, never at import time.
+        post_migrate.connect(ensure_schedule, sender=self, dispatch_uid="omniweb-schedule")

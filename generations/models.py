@@ -3,6 +3,7 @@
 import math
 import uuid
 from dataclasses import dataclass
+from datetime import timedelta
 from decimal import Decimal
 
 from django.conf import settings
@@ -99,6 +100,68 @@ class TaskQuerySet(models.QuerySet):
     def active(self) -> "TaskQuerySet":
         return self.filter(state__in=Task.ACTIVE_STATES)
 
+    def unleased(self, now) -> "TaskQuerySet":
+        return self.filter(models.Q(lease_until__isnull=True) | models.Q(lease_until__lt=now))
+
+    def due(self, now) -> "TaskQuerySet":
+        """Active tasks whose next check has come and that no live worker holds."""
+        return self.active().filter(next_check_at__lte=now).unleased(now)
+
+    def needing_review(self) -> "TaskQuerySet":
+        return self.filter(state=Task.State.NEEDS_REVIEW)
+
+    def lease_due(
+        self, owner: str, *, limit: int, per_key: int, busy_keys=None
+    ) -> list[tuple[int, int | None]]:
+        """Lease up to `limit` due tasks to `owner`; returns their (primary key, key id).
+
+        On PostgreSQL the candidate rows are locked with SKIP LOCKED, so several dispatchers
+        on several hosts each get different tasks without waiting for one another. SQLite has
+        no row locks, but its IMMEDIATE transactions take the write lock at BEGIN, so two
+        processes leasing at once run one after the other and the second sees the first's
+        lease. `busy_keys` counts tasks per key this dispatcher already works on, so one key
+        never gets more than `per_key` requests in flight from it.
+        """
+        from django.db import transaction
+
+        busy = dict(busy_keys or {})
+        now = timezone.now()
+        with transaction.atomic():
+            candidates = list(
+                self.due(now)
+                .order_by("next_check_at", "pk")
+                .select_for_update(skip_locked=True)
+                .values_list("pk", "key_id")[: limit * 4]
+            )
+            chosen = []
+            for pk, key_id in candidates:
+                if busy.get(key_id, 0) >= per_key:
+                    continue
+                busy[key_id] = busy.get(key_id, 0) + 1
+                chosen.append((pk, key_id))
+                if len(chosen) == limit:
+                    break
+            if chosen:
+                until = now + timedelta(seconds=settings.LEASE_SECONDS)
+                self.filter(pk__in=[pk for pk, _ in chosen]).update(
+                    lease_owner=owner, lease_until=until
+                )
+        return chosen
+
+    def claim(self, pk: int, owner: str, *, states) -> bool:
+        """Lease one task for `owner` if it is in `states` and free: the conditional update
+        that keeps a job delivered twice from working on the same task twice at once."""
+        now = timezone.now()
+        until = now + timedelta(seconds=settings.LEASE_SECONDS)
+        return bool(
+            self.filter(pk=pk, state__in=states)
+            .unleased(now)
+            .update(lease_owner=owner, lease_until=until)
+        )
+
+    def release(self, pk: int, owner: str) -> None:
+        self.filter(pk=pk, lease_owner=owner).update(lease_owner="", lease_until=None)
+
 
 class Task(models.Model):
     """One generation a member paid for, from submit to stored result or refund."""
@@ -155,6 +218,30 @@ class Task(models.Model):
     updated_at = models.DateTimeField(auto_now=True)
     finished_at = models.DateTimeField(null=True, blank=True)
 
+    # The engine's bookkeeping (generations/engine.py).
+    next_check_at = models.DateTimeField(
+        null=True, blank=True, db_index=True, help_text="When a worker looks at it next."
+    )
+    lease_owner = models.CharField(max_length=100, blank=True)
+    lease_until = models.DateTimeField(null=True, blank=True)
+    # Set just before the submit request leaves; a queued task that has it lost its answer.
+    submit_sent_at = models.DateTimeField(null=True, blank=True)
+    submit_attempts = models.PositiveSmallIntegerField(default=0)
+    polls = models.PositiveIntegerField(default=0)
+    error_streak = models.PositiveSmallIntegerField(default=0)
+    not_found_streak = models.PositiveSmallIntegerField(default=0)
+    download_attempts = models.PositiveSmallIntegerField(default=0)
+    estimated_seconds = models.PositiveIntegerField(null=True, blank=True)
+    deadline_at = models.DateTimeField(null=True, blank=True)
+    give_up_at = models.DateTimeField(null=True, blank=True)
+    callback_token_hash = models.CharField(max_length=64, blank=True, db_index=True)
+    gateway_results = models.JSONField(
+        default=list, blank=True, help_text="The gateway's result links, until stored."
+    )
+    last_response = models.JSONField(
+        default=dict, blank=True, help_text="The gateway's last answer, for admins."
+    )
+
     objects = TaskQuerySet.as_manager()
 
     class Meta:
@@ -175,6 +262,61 @@ class Task(models.Model):
     @property
     def spec(self) -> catalog.ModelSpec | None:
         return catalog.get(self.provider, self.model)
+
+    @property
+    def provider_name(self) -> str:
+        return providers.REGISTRY[self.provider].name
+
+    def generation_request(self, callback_url: str | None = None) -> GenerationRequest:
+        """The normalized request this task was charged for, to send (again)."""
+        return GenerationRequest(
+            provider=self.provider,
+            model=self.model,
+            prompt=self.prompt,
+            duration=self.params.get("duration"),
+            resolution=self.params.get("resolution"),
+            aspect_ratio=self.params.get("aspect_ratio"),
+            reference_images=tuple(self.params.get("reference_images") or ()),
+            callback_url=callback_url,
+        )
+
+
+class TaskInReview(Task):
+    """Tasks whose outcome Omniweb could not confirm: the admin's review list."""
+
+    class Meta:
+        proxy = True
+        verbose_name = "task needing review"
+        verbose_name_plural = "tasks needing review"
+
+
+class Result(models.Model):
+    """A result file copied from the gateway into our own storage, with what we read from it."""
+
+    task = models.ForeignKey(Task, on_delete=models.CASCADE, related_name="results")
+    position = models.PositiveSmallIntegerField(default=0)
+    file = models.FileField(max_length=300)
+    poster = models.FileField(max_length=300, blank=True)
+    content_type = models.CharField(max_length=60)
+    size = models.PositiveBigIntegerField()
+    width = models.PositiveIntegerField(null=True, blank=True)
+    height = models.PositiveIntegerField(null=True, blank=True)
+    duration = models.FloatField(null=True, blank=True, help_text="Seconds, for videos.")
+    created_at = models.DateTimeField(default=timezone.now)
+
+    class Meta:
+        ordering = ["task", "position"]
+        constraints = [
+            # Two workers storing the same result at once: one row wins, the other's file goes.
+            models.UniqueConstraint(fields=["task", "position"], name="one_file_per_result"),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.task} result {self.position}"
+
+    @property
+    def is_video(self) -> bool:
+        return self.content_type.startswith("video/")
 
 
 class TaskEvent(models.Model):

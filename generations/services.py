@@ -11,12 +11,16 @@ from __future__ import annotations
 
 import uuid
 from dataclasses import dataclass, field
+from datetime import timedelta
+from functools import partial
 
+from django.conf import settings
 from django.db import transaction
 from django.utils import timezone
 
 from accounts.ledger import InsufficientCredits, append_entry, effective_quota, lock_user, spending
 from accounts.models import LedgerEntry, ProviderKey
+from generations import jobs
 from generations.models import PriceMissing, Task, TaskEvent, quote
 from generations.providers import GenerationRequest, catalog
 
@@ -90,8 +94,15 @@ def submit_task(
             f"This costs {price.total} credits and your balance is {locked.credit_balance}."
         )
 
+    now = timezone.now()
     task = Task.objects.create(
         user=locked,
+        created_at=now,
+        # Due at once: the job enqueued below normally takes it first; if that job is lost the
+        # dispatcher still finds the task.
+        next_check_at=now,
+        deadline_at=now + timedelta(minutes=settings.TASK_DEADLINE_MINUTES),
+        give_up_at=now + timedelta(hours=settings.TASK_FINAL_LIMIT_HOURS),
         provider=request.provider,
         model=request.model,
         kind=spec.kind.value,
@@ -123,6 +134,8 @@ def submit_task(
     except InsufficientCredits as exc:  # the balance was checked under the lock; belt and braces
         raise SubmitRefused(str(exc)) from None
     TaskEvent.objects.create(task=task, to_state=task.state, actor=actor, reason="submitted")
+    # Only once the debit and the task are committed; a rollback leaves no job behind.
+    transaction.on_commit(partial(jobs.enqueue_submit, task.pk))
     return task, True
 
 
@@ -145,7 +158,8 @@ def transition(
         return False
     now = timezone.now()
     if to_state in Task.TERMINAL_STATES:
-        fields["finished_at"] = now
+        # Finished for good: nobody polls it again and no lease is left hanging.
+        fields.update(finished_at=now, next_check_at=None, lease_owner="", lease_until=None)
     updated = Task.objects.filter(pk=task.pk, state=current).update(
         state=to_state, updated_at=now, **fields
     )
@@ -160,15 +174,18 @@ def transition(
     return True
 
 
-def _end_with_refund(task: Task, to_state: str, *, actor: str, reason: str) -> bool:
+def _end_with_refund(
+    task: Task, to_state: str, *, actor: str, reason: str, from_states=Task.ACTIVE_STATES, **fields
+) -> bool:
     with transaction.atomic():
         if not transition(
             task,
             to_state,
-            from_states=Task.ACTIVE_STATES,
+            from_states=from_states,
             actor=actor,
             reason=reason,
             message=reason,
+            **fields,
         ):
             return False
         locked = lock_user(task.user_id)
@@ -183,11 +200,72 @@ def _end_with_refund(task: Task, to_state: str, *, actor: str, reason: str) -> b
         return True
 
 
-def fail_task(task: Task, *, actor: str, reason: str) -> bool:
+def fail_task(task: Task, *, actor: str, reason: str, **fields) -> bool:
     """Fail an active task and refund it, exactly once whoever calls."""
-    return _end_with_refund(task, Task.State.FAILED, actor=actor, reason=reason)
+    return _end_with_refund(task, Task.State.FAILED, actor=actor, reason=reason, **fields)
 
 
 def cancel_task(task: Task, *, actor: str, reason: str = "Canceled.") -> bool:
     """Cancel an active task and refund it, exactly once whoever calls."""
     return _end_with_refund(task, Task.State.CANCELED, actor=actor, reason=reason)
+
+
+# A member may cancel while the gateway works or while we wait to confirm; a task whose result
+# is being saved is already delivered by the gateway, so it finishes instead.
+CANCELABLE_STATES = (
+    Task.State.QUEUED,
+    Task.State.SUBMITTED,
+    Task.State.RUNNING,
+    Task.State.NEEDS_REVIEW,
+)
+
+
+def cancel_by_member(task: Task, *, actor: str = "member") -> bool:
+    """The member's cancel: refunded, never polled again. No gateway documents a cancel call,
+    so the gateway may still finish (and bill) the task; the message says so."""
+    reason = (
+        f"Canceled and refunded. {task.provider_name} offers no way to stop a task, so it may "
+        "still finish there; Omniweb will not fetch it."
+    )
+    return _end_with_refund(
+        task, Task.State.CANCELED, actor=actor, reason=reason, from_states=CANCELABLE_STATES
+    )
+
+
+@transaction.atomic
+def retry_task(task: Task, *, actor: str = "member") -> Task:
+    """Submit a failed or canceled task again as a new task with the same parameters: a new
+    debit. Raises SubmitRefused like any submit (no key, no balance, quota)."""
+    if task.state not in (Task.State.FAILED, Task.State.CANCELED):
+        raise SubmitRefused("Only a failed or canceled task can be tried again.")
+    if task.key is None:
+        raise SubmitRefused("The key that paid for this task is gone; choose another key.")
+    new, _ = submit_task(task.user, task.generation_request(), key=task.key, actor=actor)
+    TaskEvent.objects.create(
+        task=new, to_state=new.state, actor=actor, reason=f"retry of task {task.code}"
+    )
+    return new
+
+
+@transaction.atomic
+def mark_delivered(task: Task, *, actor: str) -> bool:
+    """An admin confirmed at the gateway that the member got the result another way: the task
+    ends succeeded without a refund."""
+    return transition(
+        task,
+        Task.State.SUCCEEDED,
+        from_states=[Task.State.NEEDS_REVIEW],
+        actor=actor,
+        reason="An admin confirmed the gateway delivered this task.",
+        message="An admin confirmed the gateway delivered this task.",
+        progress=100,
+    )
+
+
+def recheck_now(task: Task) -> bool:
+    """Ask the engine to look at an active task at once (admin action, webhook cue)."""
+    return bool(
+        Task.objects.filter(pk=task.pk, state__in=Task.ACTIVE_STATES).update(
+            next_check_at=timezone.now()
+        )
+    )

@@ -126,9 +126,11 @@ def q_cluster_config(redis_url: str | None, workers: int) -> dict[str, Any]:
         "name": "omniweb",
         "workers": workers,
         # A job is killed after `timeout` seconds; the broker hands it out again only after
-        # `retry` seconds, which must be longer, or a slow job would run twice at once.
-        "timeout": 90,
-        "retry": 120,
+        # `retry` seconds, which must be longer, or a slow job would run twice at once. The
+        # dispatcher works for DISPATCH_SECONDS and then finishes what it leased (a poll and a
+        # download at most), which the start-up check proves fits inside `timeout`.
+        "timeout": 300,
+        "retry": 360,
         "max_attempts": 2,
         "catch_up": False,
         "ack_failures": True,

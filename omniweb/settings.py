@@ -161,6 +161,33 @@ SIMULATOR_ENABLED = env_bool("OMNIWEB_SIMULATOR", DEBUG or RUNNING_TESTS)
 # How long a simulated task takes from submit to result ("slow" prompts take five times longer).
 SIMULATOR_SECONDS = env_int("OMNIWEB_SIMULATOR_SECONDS", 20, minimum=1)
 
+# The task engine (generations/engine.py). Every duration is in seconds unless it says otherwise.
+# A task still running past its deadline goes to "needs review"; one with no confirmed result
+# after the final limit is failed and refunded.
+TASK_DEADLINE_MINUTES = env_int("OMNIWEB_TASK_DEADLINE_MINUTES", 30, minimum=1)
+TASK_FINAL_LIMIT_HOURS = env_int("OMNIWEB_TASK_FINAL_LIMIT_HOURS", 48, minimum=1)
+# How long a gateway may take to answer one request (connecting gets 5 seconds).
+GATEWAY_TIMEOUT_SECONDS = env_int("OMNIWEB_GATEWAY_TIMEOUT_SECONDS", 30, minimum=1)
+# Polls start from the gateway's advice and grow towards this cap; errors back off towards the
+# error cap; tasks in review are re-checked this often.
+POLL_CAP_SECONDS = env_int("OMNIWEB_POLL_CAP_SECONDS", 60, minimum=1)
+ERROR_BACKOFF_CAP_SECONDS = env_int("OMNIWEB_ERROR_BACKOFF_CAP_SECONDS", 300, minimum=1)
+REVIEW_RECHECK_SECONDS = env_int("OMNIWEB_REVIEW_RECHECK_SECONDS", 300, minimum=1)
+# A worker holds a task for at most this long; a dead worker's tasks are taken over after it.
+LEASE_SECONDS = env_int("OMNIWEB_LEASE_SECONDS", 180, minimum=1)
+# The dispatcher leases due tasks for this long per run, then hands over to the next run.
+DISPATCH_SECONDS = env_int("OMNIWEB_DISPATCH_SECONDS", 50, minimum=1)
+DISPATCHERS = env_int("OMNIWEB_DISPATCHERS", 1, minimum=1)
+DISPATCH_CONCURRENCY = env_int("OMNIWEB_DISPATCH_CONCURRENCY", 8, minimum=1)
+PER_KEY_CONCURRENCY = env_int("OMNIWEB_PER_KEY_CONCURRENCY", 4, minimum=1)
+# Result downloads: capped in size and time; loopback is allowed only for the local simulator.
+DOWNLOAD_MAX_BYTES = env_int("OMNIWEB_DOWNLOAD_MAX_MB", 500, minimum=1) * 1024 * 1024
+DOWNLOAD_SECONDS = env_int("OMNIWEB_DOWNLOAD_SECONDS", 60, minimum=1)
+DOWNLOAD_ALLOW_LOOPBACK = env_bool("OMNIWEB_DOWNLOAD_ALLOW_LOOPBACK", SIMULATOR_ENABLED)
+# The address gateways can reach this site on, for webhooks. Without it Omniweb only polls.
+PUBLIC_URL = (env_str("OMNIWEB_PUBLIC_URL") or "").rstrip("/")
+WEBHOOK_RATE_PER_MINUTE = env_int("OMNIWEB_WEBHOOK_RATE_PER_MINUTE", 120, minimum=1)
+
 # Email: printed to the console unless an SMTP server is configured.
 EMAIL_HOST = env_str("EMAIL_HOST")
 if EMAIL_HOST:
@@ -201,5 +228,6 @@ LOGGING = {
     "formatters": {"plain": {"format": "%(asctime)s %(levelname)s %(name)s: %(message)s"}},
     "handlers": {"console": {"class": "logging.StreamHandler", "formatter": "plain"}},
     "root": {"handlers": ["console"], "level": env_str("LOG_LEVEL", "INFO").upper()},
+    # httpx logs every request line at INFO; a signed result URL carries its token in the query.
     "loggers": {"httpx": {"level": "WARNING"}, "httpcore": {"level": "WARNING"}},
 }

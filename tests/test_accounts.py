@@ -10,8 +10,10 @@ from django.urls.resolvers import RegexPattern
 
 from tests.conftest import PASSWORD
 
-# Pages anybody may open: signing in, getting back in, and the health check.
+# Pages anybody may open: signing in, getting back in, the health check, and the gateways'
+# webhook (its per-task token is the credential; see tests/test_engine.py).
 PUBLIC = {
+    "generations-webhook",
     "login",
     "password_reset",
     "password_reset_done",

@@ -97,11 +97,21 @@ def test_no_admin_page_shows_the_secret(client, world):
     assert [url for url, body in pages.items() if leaked(body)] == []
 
 
-def test_debug_logs_of_a_gateway_call_do_not_carry_the_secret(world, caplog):
+@pytest.fixture
+def chatty_httpx():
+    """httpx and httpcore at DEBUG for one test, then back to the quiet levels of settings."""
+    loggers = [logging.getLogger(name) for name in ("httpx", "httpcore")]
+    levels = [logger.level for logger in loggers]
+    for logger in loggers:
+        logger.setLevel(logging.DEBUG)
+    yield
+    for logger, level in zip(loggers, levels, strict=True):
+        logger.setLevel(level)
+
+
+def test_debug_logs_of_a_gateway_call_do_not_carry_the_secret(world, caplog, chatty_httpx):
     own, _ = world
     with caplog.at_level(logging.DEBUG), respx.mock:
-        for name in ("httpx", "httpcore"):
-            logging.getLogger(name).setLevel(logging.DEBUG)
         route = respx.post("https://api.apimart.ai/v1/videos/generations").respond(
             200, json={"code": 200, "data": [{"status": "submitted", "task_id": "task_1"}]}
         )

@@ -14,7 +14,7 @@ import email.utils
 import logging
 import math
 from abc import ABC, abstractmethod
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from decimal import Decimal
 from enum import StrEnum
@@ -75,8 +75,10 @@ class ProviderError(Exception):
         status_code: int | None = None,
         retry_after: float | None = None,
         request_sent: bool = True,
+        body: Any = None,
     ):
         super().__init__(message)
+        self.body = body  # the gateway's answer, for admins; never our request
         self.message = message
         self.kind = kind
         self.code = code
@@ -138,6 +140,7 @@ class ProviderStatus:
     estimated_seconds: int | None = None
     media_duration: float | None = None
     media_resolution: str | None = None
+    raw: Any = field(default=None, compare=False, repr=False)  # the answer as it came
 
     @property
     def finished(self) -> bool:
@@ -207,6 +210,8 @@ class Provider(ABC):
     # The gateway's advice on polling: first check after, and then every, this many seconds.
     first_poll_seconds: ClassVar[tuple[float, float]] = (5, 10)
     poll_interval_seconds: ClassVar[tuple[float, float]] = (5, 10)
+    # Whether the gateway calls a URL we give it when a task finishes.
+    supports_webhook: ClassVar[bool] = False
 
     def __init__(self, client: httpx.Client | None = None):
         self._client = client
@@ -246,11 +251,19 @@ class Provider(ABC):
     def submit(self, request: GenerationRequest, credentials: Credentials) -> ProviderStatus:
         path, payload = self.build_submit(request)
         body = self._call("POST", path, credentials, json=payload)
-        return self.parse_submit(body)
+        return replace(self._parsed(self.parse_submit, body), raw=body)
 
     def status(self, provider_task_id: str, credentials: Credentials) -> ProviderStatus:
         body = self._call("GET", self.status_path(provider_task_id), credentials)
-        return self.parse_status(body)
+        return replace(self._parsed(self.parse_status, body), raw=body)
+
+    @staticmethod
+    def _parsed(parse, body: Any) -> ProviderStatus:
+        try:
+            return parse(body)
+        except ProviderError as exc:
+            exc.body = body if exc.body is None else exc.body
+            raise
 
     def url(self, path: str, credentials: Credentials) -> str:
         base = credentials.base_url or self.default_base_url
@@ -305,6 +318,7 @@ class Provider(ABC):
                     kind=ErrorKind.TRANSIENT,
                     code="malformed_body",
                     status_code=response.status_code,
+                    body=response.text[:2000],
                 )
             return body
         raise self.http_error(response, body)
@@ -321,7 +335,12 @@ class Provider(ABC):
             retry_after = parse_retry_after(response.headers.get("Retry-After"))
         text = f"{self.name}: {message}" if message else f"{self.name}: {default}"
         return ProviderError(
-            text, kind=kind, code=code, status_code=status, retry_after=retry_after
+            text,
+            kind=kind,
+            code=code,
+            status_code=status,
+            retry_after=retry_after,
+            body=body if body is not None else response.text[:2000],
         )
 
     def unknown_status(self, raw: Any) -> ProviderError:

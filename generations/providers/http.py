@@ -9,8 +9,17 @@ want headers in logs.
 import threading
 
 import httpx
+from django.conf import settings
 
-TIMEOUT = httpx.Timeout(connect=5.0, read=30.0, write=30.0, pool=10.0)
+CONNECT_SECONDS = 5.0
+
+
+def timeout(extra_read: float = 0) -> httpx.Timeout:
+    """Connect quickly or not at all; wait GATEWAY_TIMEOUT_SECONDS for an answer."""
+    read = float(settings.GATEWAY_TIMEOUT_SECONDS)
+    return httpx.Timeout(connect=CONNECT_SECONDS, read=read + extra_read, write=read, pool=10.0)
+
+
 LIMITS = httpx.Limits(max_connections=64, max_keepalive_connections=16, keepalive_expiry=30)
 
 _lock = threading.Lock()
@@ -22,7 +31,7 @@ def shared_client() -> httpx.Client:
     with _lock:
         if _client is None or _client.is_closed:
             _client = httpx.Client(
-                timeout=TIMEOUT,
+                timeout=timeout(),
                 limits=LIMITS,
                 follow_redirects=False,
                 headers={"User-Agent": "Omniweb"},

@@ -21,6 +21,7 @@ from typing import Any
 
 import httpx
 
+from generations.providers import http
 from generations.providers.base import (
     GenerationRequest,
     Provider,
@@ -29,7 +30,6 @@ from generations.providers.base import (
     State,
     as_int,
 )
-from generations.providers.http import TIMEOUT
 
 STATUSES = {
     "queued": State.QUEUED,
@@ -62,12 +62,7 @@ class Omixa(Provider):
 
     def timeout(self) -> httpx.Timeout:
         # The server may hold the submit for wait_seconds before it answers.
-        return httpx.Timeout(
-            connect=TIMEOUT.connect,
-            read=TIMEOUT.read + WAIT_SECONDS,
-            write=TIMEOUT.write,
-            pool=TIMEOUT.pool,
-        )
+        return http.timeout(extra_read=WAIT_SECONDS)
 
     def build_submit(self, request: GenerationRequest) -> tuple[str, dict[str, Any]]:
         body: dict[str, Any] = {

@@ -36,6 +36,7 @@ class OmniaKey(Provider):
     # The document's own example polls every 5 seconds.
     first_poll_seconds = (5, 5)
     poll_interval_seconds = (5, 5)
+    supports_webhook = True
 
     def build_submit(self, request: GenerationRequest) -> tuple[str, dict[str, Any]]:
         body: dict[str, Any] = {"model": request.model, "prompt": request.prompt}

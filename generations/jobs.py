@@ -1,0 +1,165 @@
+"""django-q2 jobs of the task engine, and the dispatcher that keeps polling latency in seconds.
+
+Two jobs, both idempotent because django-q2 delivers at least once:
+- `submit(pk)`, enqueued when a submit commits: claims the queued task with a conditional
+  update (a second delivery finds it taken and does nothing) and sends it to the gateway.
+- `dispatch(name)`: leases due tasks of every active state and works through them with a
+  bounded thread pool, for DISPATCH_SECONDS.
+
+django-q2's scheduler wakes only every 30 seconds or so and its finest schedule is a minute, so
+each dispatcher runs continuously instead: a run holds a baton in the cache (refreshed every
+tick), enqueues its successor when its time is up, and steps down within a tick when a newer run
+of its name takes the baton. A once-a-minute schedule (`ensure_dispatchers`) restarts any
+dispatcher whose baton expired because its worker died. DISPATCHERS sets how many run side by
+side; any number on any number of hosts is safe, because a task is leased before it is worked
+on.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+import time
+import uuid
+from collections import Counter
+from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
+from datetime import timedelta
+
+from django.conf import settings
+from django.core.cache import cache
+from django.db import connections
+from django.utils import timezone
+from django_q.tasks import async_task
+
+from generations.models import Task
+
+logger = logging.getLogger("omniweb.engine")
+
+SCHEDULE_NAME = "omniweb-dispatcher"
+TICK_SECONDS = 0.5
+# A running dispatcher refreshes its baton every tick; a dead one's expires this fast.
+BATON_SECONDS = 30
+
+
+def baton(name: str) -> str:
+    return f"omniweb:dispatcher:{name}"
+
+
+def dispatcher_names() -> list[str]:
+    return [f"d{number}" for number in range(settings.DISPATCHERS)]
+
+
+def _owner(role: str) -> str:
+    return f"{socket.gethostname()}:{os.getpid()}:{role}-{uuid.uuid4().hex[:8]}"
+
+
+def enqueue_submit(pk: int) -> None:
+    async_task("generations.jobs.submit", pk, task_name=f"submit task {pk}")
+
+
+def ensure_dispatchers() -> int:
+    """Job and helper: start each configured dispatcher that is not running. Returns how many
+    were started. Called by the schedule, and after a submit so polls begin at once."""
+    started = 0
+    for name in dispatcher_names():
+        if cache.get(baton(name)) is None:
+            async_task("generations.jobs.dispatch", name=name, task_name=f"dispatch {name}")
+            started += 1
+    return started
+
+
+def ensure_schedule(**kwargs) -> None:
+    """Create or update the schedule that keeps the dispatchers running, by name (run after
+    every migrate)."""
+    from django_q.models import Schedule
+
+    Schedule.objects.update_or_create(
+        name=SCHEDULE_NAME,
+        defaults={
+            "func": "generations.jobs.ensure_dispatchers",
+            "schedule_type": Schedule.MINUTES,
+            "minutes": 1,
+            "repeats": -1,
+        },
+    )
+
+
+def work_on(pk: int, owner: str) -> None:
+    """Advance one task this owner has leased, then let go of it."""
+    from generations import engine
+
+    try:
+        task = Task.objects.select_related("key").filter(pk=pk, lease_owner=owner).first()
+        if task is not None:
+            engine.advance(task)
+    except Exception:
+        # A bug or a database hiccup must not turn into a hot loop on one task.
+        logger.exception("event=work_failed task=%s", pk)
+        Task.objects.filter(pk=pk, state__in=Task.ACTIVE_STATES).update(
+            next_check_at=timezone.now() + timedelta(seconds=60)
+        )
+    finally:
+        Task.objects.release(pk, owner)
+
+
+def submit(pk: int) -> str:
+    """Job: send one queued task to its gateway, unless another worker already has it."""
+    owner = _owner("submit")
+    if not Task.objects.claim(pk, owner, states=[Task.State.QUEUED]):
+        return "taken"
+    work_on(pk, owner)
+    ensure_dispatchers()
+    return "done"
+
+
+def dispatch(name: str = "d0", seconds: float | None = None) -> str:
+    """Job: lease and advance due tasks for `seconds`, then hand over to a successor of the
+    same name. Steps down within a tick when a newer run of that name takes the baton."""
+    seconds = settings.DISPATCH_SECONDS if seconds is None else seconds
+    run_id = uuid.uuid4().hex
+    owner = _owner(f"dispatch-{name}")
+    concurrency = settings.DISPATCH_CONCURRENCY
+    stop_at = time.monotonic() + seconds
+    in_flight: dict[Future, int | None] = {}  # future -> key id
+    busy: Counter = Counter()
+    worked = 0
+    handed_over = False
+    cache.set(baton(name), run_id, timeout=BATON_SECONDS)
+
+    def run(pk: int) -> None:
+        try:
+            work_on(pk, owner)
+        finally:
+            connections.close_all()  # this thread's connection only
+
+    with ThreadPoolExecutor(concurrency, thread_name_prefix="omniweb-dispatch") as pool:
+        while time.monotonic() < stop_at:
+            holder = cache.get(baton(name))
+            if holder not in (None, run_id):
+                handed_over = True
+                break
+            cache.set(baton(name), run_id, timeout=BATON_SECONDS)
+            free = concurrency - len(in_flight)
+            leased = []
+            if free:
+                leased = Task.objects.lease_due(
+                    owner, limit=free, per_key=settings.PER_KEY_CONCURRENCY, busy_keys=busy
+                )
+            for pk, key_id in leased:
+                busy[key_id] += 1
+                in_flight[pool.submit(run, pk)] = key_id
+            worked += len(leased)
+            if in_flight:
+                done, _ = wait(in_flight, timeout=TICK_SECONDS, return_when=FIRST_COMPLETED)
+                for future in done:
+                    busy[in_flight.pop(future)] -= 1
+            elif not leased:
+                time.sleep(TICK_SECONDS)
+        # Leave nothing half-done: what was leased is finished before the run ends.
+        wait(in_flight)
+    if not handed_over and cache.get(baton(name)) in (None, run_id):
+        cache.delete(baton(name))
+        async_task("generations.jobs.dispatch", name=name, task_name=f"dispatch {name}")
+    logger.info("event=dispatch_run name=%s worked=%s handed_over=%s", name, worked, handed_over)
+    return f"worked on {worked} tasks"

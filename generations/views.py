@@ -1,0 +1,146 @@
+"""Member pages for tasks (list, detail, cancel, retry, result files) and the gateway webhook.
+
+Every lookup starts from the tasks the member may see, so another member's task answers 404.
+Result files are served through Django, to the task's owner only, with `nosniff`, never from a
+public media path.
+"""
+
+from __future__ import annotations
+
+import hmac
+import logging
+from uuid import UUID
+
+from django.conf import settings
+from django.contrib import messages
+from django.contrib.auth.decorators import login_not_required
+from django.core.cache import cache
+from django.core.paginator import Paginator
+from django.http import FileResponse, Http404, HttpRequest, HttpResponse
+from django.shortcuts import get_object_or_404, redirect, render
+from django.views.decorators.csrf import csrf_exempt
+from django.views.decorators.http import require_POST
+
+from generations.engine import callback_token_hash
+from generations.models import Result, Task
+from generations.services import (
+    CANCELABLE_STATES,
+    SubmitRefused,
+    cancel_by_member,
+    recheck_now,
+    retry_task,
+)
+
+logger = logging.getLogger("omniweb.engine")
+
+
+def own_task(request: HttpRequest, code: UUID) -> Task:
+    return get_object_or_404(Task.objects.visible_to(request.user).select_related("key"), code=code)
+
+
+def task_list(request: HttpRequest) -> HttpResponse:
+    tasks = Task.objects.visible_to(request.user).prefetch_related("results")
+    page = Paginator(tasks, 25).get_page(request.GET.get("page"))
+    return render(request, "generations/task_list.html", {"page": page})
+
+
+def task_detail(request: HttpRequest, code: UUID) -> HttpResponse:
+    task = own_task(request, code)
+    return render(
+        request,
+        "generations/task_detail.html",
+        {
+            "task": task,
+            "results": task.results.all(),
+            "events": task.events.all(),
+            "entries": task.ledger_entries.order_by("created_at", "pk"),
+            "can_cancel": task.state in CANCELABLE_STATES,
+            "can_retry": task.state in (Task.State.FAILED, Task.State.CANCELED),
+        },
+    )
+
+
+@require_POST
+def task_cancel(request: HttpRequest, code: UUID) -> HttpResponse:
+    task = own_task(request, code)
+    if cancel_by_member(task):
+        messages.success(request, task.message)
+    else:
+        state = task.get_state_display().lower()
+        messages.error(request, f"This task is {state}; it cannot be canceled any more.")
+    return redirect("generations-task", code=task.code)
+
+
+@require_POST
+def task_retry(request: HttpRequest, code: UUID) -> HttpResponse:
+    task = own_task(request, code)
+    try:
+        new = retry_task(task)
+    except SubmitRefused as exc:
+        messages.error(request, str(exc))
+        return redirect("generations-task", code=task.code)
+    messages.success(
+        request, f"Submitted again as a new task; {new.credits_charged} credits charged."
+    )
+    return redirect("generations-task", code=new.code)
+
+
+def _result(request: HttpRequest, code: UUID, position: int) -> Result:
+    return get_object_or_404(
+        Result.objects.filter(task__in=Task.objects.visible_to(request.user)),
+        task__code=code,
+        position=position,
+    )
+
+
+def result_file(request: HttpRequest, code: UUID, position: int) -> FileResponse:
+    result = _result(request, code, position)
+    extension = result.file.name.rsplit(".", 1)[-1]
+    response = FileResponse(
+        result.file.open("rb"),
+        content_type=result.content_type,
+        as_attachment="download" in request.GET,
+        filename=f"omniweb-{code}-{position}.{extension}",
+    )
+    response["X-Content-Type-Options"] = "nosniff"
+    response["Cache-Control"] = "private, max-age=3600"
+    return response
+
+
+def result_poster(request: HttpRequest, code: UUID, position: int) -> FileResponse:
+    result = _result(request, code, position)
+    if not result.poster:
+        raise Http404("This result has no poster.")
+    response = FileResponse(result.poster.open("rb"), content_type="image/jpeg")
+    response["X-Content-Type-Options"] = "nosniff"
+    response["Cache-Control"] = "private, max-age=3600"
+    return response
+
+
+def _rate_limited(request: HttpRequest) -> bool:
+    """A fixed one-minute window per client address, shared by every process via the cache."""
+    key = f"omniweb:webhook-rate:{request.META.get('REMOTE_ADDR', '')}"
+    cache.add(key, 0, timeout=60)
+    try:
+        count = cache.incr(key)
+    except ValueError:  # expired between add and incr
+        cache.set(key, 1, timeout=60)
+        count = 1
+    return count > settings.WEBHOOK_RATE_PER_MINUTE
+
+
+@csrf_exempt  # gateways cannot send our CSRF token; the per-task token is the credential
+@login_not_required
+@require_POST
+def webhook(request: HttpRequest, token: str) -> HttpResponse:
+    """A gateway says a task changed. The body is never read: we only poll the task now, and
+    trust the gateway's status endpoint. Unknown, finished or forged tokens answer 404."""
+    if _rate_limited(request):
+        return HttpResponse("Too many requests.", status=429, content_type="text/plain")
+    digest = callback_token_hash(token)
+    task = Task.objects.active().filter(callback_token_hash=digest).first()
+    if task is None or not hmac.compare_digest(task.callback_token_hash, digest):
+        raise Http404("No such task.")
+    recheck_now(task)
+    logger.info("event=webhook task=%s gateway=%s", task.pk, task.provider)
+    return HttpResponse(status=204)
