@@ -126,6 +126,9 @@ class TaskQuerySet(models.QuerySet):
 
         busy = dict(busy_keys or {})
         now = timezone.now()
+        # A plain read first: an idle dispatcher then never takes SQLite's write lock.
+        if not self.due(now).exists():
+            return []
         with transaction.atomic():
             candidates = list(
                 self.due(now)

@@ -609,3 +609,45 @@ def test_the_default_engine_timings_pass_the_start_up_check():
     from generations.checks import check_engine_timing
 
     assert check_engine_timing(None) == []
+
+
+@pytest.mark.django_db(transaction=True)
+def test_the_same_poll_run_twice_at_once_changes_state_once(alice, carol):
+    """Leases normally prevent it; if two workers still poll one task together (a lease that
+    ran out mid-call), the state compare-and-swap lets one of them act."""
+    import threading
+
+    from django.db import connections
+
+    ledger.grant(alice, 500, by=carol, reason="welcome")
+    key = ProviderKey(provider="apimart", label="Mine", owner=alice)
+    key.set_secret(SECRET)
+    key.save()
+    request = GenerationRequest("apimart", "Omni-Flash-Ext", "twice", duration=4)
+    task, _ = submit_task(alice, request, key=key)
+    Task.objects.filter(pk=task.pk).update(state=Task.State.RUNNING, provider_task_id=GATEWAY_ID)
+    barrier = threading.Barrier(2)
+
+    def poll_once():
+        try:
+            copy = Task.objects.select_related("key").get(pk=task.pk)
+            barrier.wait(5)
+            engine.poll(copy)
+        finally:
+            connections.close_all()
+
+    with respx.mock(base_url=APIMART) as mock:
+        mock.get(f"/v1/tasks/{GATEWAY_ID}").respond(
+            json=apimart_status("failed", error={"message": "nope"})
+        )
+        threads = [threading.Thread(target=poll_once) for _ in range(2)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(30)
+        assert mock.calls.call_count == 2
+    task.refresh_from_db()
+    assert task.state == Task.State.FAILED
+    assert task.events.filter(to_state="failed").count() == 1
+    assert LedgerEntry.objects.filter(task=task, kind="refund").count() == 1
+    assert balance(alice) == 500
