@@ -2,6 +2,7 @@
 ledger and tasks, prices, quotas, and the gateway cost report."""
 
 import uuid
+from datetime import timedelta
 from decimal import Decimal
 from html import unescape
 from html.parser import HTMLParser
@@ -9,13 +10,14 @@ from html.parser import HTMLParser
 import pytest
 from django.contrib.admin.models import LogEntry
 from django.urls import reverse
+from django.utils import timezone
 from django.views.debug import SafeExceptionReporterFilter
 
 from accounts import ledger
 from accounts.models import LedgerEntry, ProviderKey, Quota, TeamQuota
 from generations.models import ModelPrice, Task
 from generations.providers import GenerationRequest
-from generations.services import submit_task
+from generations.services import fail_task, submit_task
 
 pytestmark = pytest.mark.django_db
 
@@ -764,3 +766,65 @@ def test_the_task_and_price_lists_link_to_the_cost_report(client, carol):
     report = reverse("admin:generations_task_cost_report")
     for name in ("admin:generations_task_changelist", "admin:generations_modelprice_changelist"):
         assert f'href="{report}"' in client.get(reverse(name)).content.decode()
+
+
+def test_the_cost_report_shows_what_refunded_tasks_cost_at_the_gateway(client, alice, carol):
+    ledger.grant(alice, 100, by=carol, reason="welcome")
+    key = own_key(alice)
+    delivered, lost = paid_task(alice, key), paid_task(alice, key)
+    Task.objects.filter(pk=delivered.pk).update(gateway_cost=Decimal("0.4"))
+    Task.objects.filter(pk=lost.pk).update(gateway_cost=Decimal("0.16"))
+    fail_task(lost, actor="worker", reason="The result could not be saved: expired.")
+    client.force_login(carol)
+    response = client.get(reverse("admin:generations_task_cost_report"))
+    assert response.context["totals"].lost_cost == Decimal("0.16")
+    assert "<td>0.1600</td>" in response.content.decode()
+
+
+def test_the_review_list_shows_only_tasks_needing_review_with_their_actions(client, alice, carol):
+    ledger.grant(alice, 100, by=carol, reason="welcome")
+    key = own_key(alice)
+    waiting, running = paid_task(alice, key), paid_task(alice, key)
+    Task.objects.filter(pk=waiting.pk).update(
+        state=Task.State.NEEDS_REVIEW, message="APIMart did not answer in time."
+    )
+    client.force_login(carol)
+    url = reverse("admin:generations_taskinreview_changelist")
+    response = client.get(url)
+    assert list(response.context["cl"].result_list) == [waiting]
+    page = response.content.decode()
+    assert "APIMart did not answer in time." in page
+    for action in ("recheck", "fail_and_refund", "mark_as_delivered"):
+        assert f'value="{action}"' in page
+    assert running.state == Task.State.QUEUED
+
+
+def test_re_check_now_makes_the_task_due_at_once(client, alice, carol):
+    ledger.grant(alice, 100, by=carol, reason="welcome")
+    task = paid_task(alice, own_key(alice))
+    later = timezone.now() + timedelta(hours=1)
+    Task.objects.filter(pk=task.pk).update(state=Task.State.NEEDS_REVIEW, next_check_at=later)
+    client.force_login(carol)
+    data = {"action": "recheck", "_selected_action": [task.pk], "index": "0"}
+    client.post(reverse("admin:generations_taskinreview_changelist"), data)
+    task.refresh_from_db()
+    assert task.next_check_at <= timezone.now()
+
+
+def test_mark_as_delivered_ends_a_review_without_a_refund(client, alice, carol):
+    ledger.grant(alice, 100, by=carol, reason="welcome")
+    key = own_key(alice)
+    task, queued = paid_task(alice, key), paid_task(alice, key)
+    Task.objects.filter(pk=task.pk).update(state=Task.State.NEEDS_REVIEW)
+    client.force_login(carol)
+    data = {"action": "mark_as_delivered", "_selected_action": [task.pk, queued.pk], "index": "0"}
+    response = client.post(reverse("admin:generations_task_changelist"), data)
+    assert notes(client, response) == [
+        "Marked 1 task as delivered.",
+        "1 of the selected tasks were not waiting for review; they were left alone.",
+    ]
+    task.refresh_from_db()
+    queued.refresh_from_db()
+    assert (task.state, queued.state) == (Task.State.SUCCEEDED, Task.State.QUEUED)
+    assert task.events.last().actor == "admin:carol"
+    assert not LedgerEntry.objects.filter(kind="refund").exists()
