@@ -129,6 +129,8 @@ def start(args: argparse.Namespace) -> int:
     manage("ensure_admin", env=env)
 
     address = f"{args.host}:{args.port}"
+    # Gateways that call back (OmniaKey's webhook; here the simulator) need our address.
+    env.setdefault("OMNIWEB_PUBLIC_URL", f"http://{address}")
     say("starting the web server and the worker")
     procs = [
         subprocess.Popen(
