@@ -135,21 +135,19 @@ def submit(task: Task) -> None:
         return
 
     now = timezone.now()
-    with transaction.atomic():
-        moved = transition(
-            task,
-            State.SUBMITTED,
-            from_states=[State.QUEUED],
-            actor=ACTOR,
-            reason=f"{adapter.name} accepted it as {status.provider_task_id}",
-            provider_task_id=status.provider_task_id,
-            last_response=_answer(status.raw, credentials.api_key),
-            gateway_cost=status.cost,
-            estimated_seconds=status.estimated_seconds,
-            next_check_at=now + timedelta(seconds=first_poll_delay(adapter, status)),
-            error_streak=0,
-            message="",
-        )
+    moved = _move(
+        task,
+        State.SUBMITTED,
+        from_states=[State.QUEUED],
+        reason=f"{adapter.name} accepted it as {status.provider_task_id}",
+        provider_task_id=status.provider_task_id,
+        last_response=_answer(status.raw, credentials.api_key),
+        gateway_cost=status.cost,
+        estimated_seconds=status.estimated_seconds,
+        next_check_at=now + timedelta(seconds=first_poll_delay(adapter, status)),
+        error_streak=0,
+        message="",
+    )
     if not moved:
         log(task, "submit_answer_ignored", state=task.state)
         return
@@ -257,18 +255,16 @@ def _apply(task: Task, adapter: Provider, status: ProviderStatus, secret: str) -
             {"url": r.url, "valid_until": r.expires_at.isoformat() if r.expires_at else None}
             for r in status.results
         ]
-        with transaction.atomic():
-            moved = transition(
-                task,
-                State.FETCHING,
-                from_states=POLLED_STATES,
-                actor=ACTOR,
-                reason=f"{adapter.name} finished it",
-                gateway_results=results,
-                next_check_at=now,
-                message="",
-                **{**fields, "progress": 100},
-            )
+        moved = _move(
+            task,
+            State.FETCHING,
+            from_states=POLLED_STATES,
+            reason=f"{adapter.name} finished it",
+            gateway_results=results,
+            next_check_at=now,
+            message="",
+            **{**fields, "progress": 100},
+        )
         if moved:
             log(task, "gateway_succeeded", results=len(results))
             store_results(task)
@@ -292,16 +288,14 @@ def _apply(task: Task, adapter: Provider, status: ProviderStatus, secret: str) -
         delay = poll_delay(adapter, task.polls)
     fields["next_check_at"] = now + timedelta(seconds=delay)
     if status.state == providers.State.RUNNING and task.state == State.SUBMITTED:
-        with transaction.atomic():
-            transition(
-                task,
-                State.RUNNING,
-                from_states=[State.SUBMITTED],
-                actor=ACTOR,
-                reason=f"{adapter.name} started it",
-                message="",
-                **fields,
-            )
+        _move(
+            task,
+            State.RUNNING,
+            from_states=[State.SUBMITTED],
+            reason=f"{adapter.name} started it",
+            message="",
+            **fields,
+        )
     else:
         if task.state != State.NEEDS_REVIEW:
             fields["message"] = ""
@@ -400,20 +394,26 @@ def _wait_for_review(task: Task) -> None:
 def _to_review(task: Task, message: str, *, from_states=(State.SUBMITTED, State.RUNNING), **fields):
     if task.state == State.NEEDS_REVIEW:
         return False
-    with transaction.atomic():
-        moved = transition(
-            task,
-            State.NEEDS_REVIEW,
-            from_states=from_states,
-            actor=ACTOR,
-            reason=message,
-            message=message,
-            next_check_at=timezone.now() + timedelta(seconds=settings.REVIEW_RECHECK_SECONDS),
-            **fields,
-        )
+    moved = _move(
+        task,
+        State.NEEDS_REVIEW,
+        from_states=from_states,
+        reason=message,
+        message=message,
+        next_check_at=timezone.now() + timedelta(seconds=settings.REVIEW_RECHECK_SECONDS),
+        **fields,
+    )
     if moved:
         log(task, "needs_review", logging.WARNING)
     return moved
+
+
+def _move(task: Task, to_state: str, *, from_states, reason: str, **fields) -> bool:
+    """The engine's state change: the compare-and-swap, in its own transaction."""
+    with transaction.atomic():
+        return transition(
+            task, to_state, from_states=from_states, actor=ACTOR, reason=reason, **fields
+        )
 
 
 def _schedule(task: Task, seconds: float) -> None:
@@ -455,16 +455,14 @@ def store_results(task: Task) -> None:
             log(task, "result_already_stored", position=position)
             continue
         log(task, "result_stored", position=position, size=media.size, type=media.content_type)
-    with transaction.atomic():
-        done = transition(
-            task,
-            State.SUCCEEDED,
-            from_states=[State.FETCHING],
-            actor=ACTOR,
-            reason="result stored",
-            message="",
-            progress=100,
-        )
+    done = _move(
+        task,
+        State.SUCCEEDED,
+        from_states=[State.FETCHING],
+        reason="result stored",
+        message="",
+        progress=100,
+    )
     if done:
         log(task, "succeeded")
 
