@@ -159,7 +159,7 @@ def key_delete(request: HttpRequest, code: UUID) -> HttpResponse:
         key.delete()
         messages.success(request, f"The key “{label}” was deleted.")
         return redirect("accounts-keys")
-    running = Task.objects.visible_to(request.user).active().filter(key=key).count()
+    running = Task.objects.owned_by(request.user).active().filter(key=key).count()
     return render(request, "accounts/key_confirm_delete.html", {"key": key, "running": running})
 
 
@@ -192,7 +192,7 @@ def credits(request: HttpRequest) -> HttpResponse:
     user = request.user
     quota = ledger.effective_quota(user)
     spent = ledger.spending(user)
-    active = Task.objects.visible_to(user).active().count()
+    active = Task.objects.filter(user=user).active().count()
     usage = [
         usage_row("Spent today", spent["today"], quota.max_credits_per_day, "credit"),
         usage_row("Spent this month", spent["month"], quota.max_credits_per_month, "credit"),

@@ -10,6 +10,7 @@ from django.conf import settings
 from django.core.exceptions import ValidationError
 from django.core.validators import MinValueValidator
 from django.db import models
+from django.db.models.functions import Coalesce
 from django.utils import timezone
 
 from generations import providers
@@ -94,8 +95,22 @@ def quote(request: GenerationRequest) -> Quote:
 
 
 class TaskQuerySet(models.QuerySet):
+    def owned_by(self, user) -> "TaskQuerySet":
+        """A member's own tasks, except those they deleted: what they may change."""
+        return self.filter(user=user, deleted_at__isnull=True)
+
     def visible_to(self, user) -> "TaskQuerySet":
-        return self.filter(user=user)
+        """What a member may look at: their own tasks and teammates' team-visible ones."""
+        return self.filter(
+            models.Q(user=user) | models.Q(visibility=Task.Visibility.TEAM),
+            deleted_at__isnull=True,
+        )
+
+    def in_gallery(self) -> "TaskQuerySet":
+        """Finished results the team shares."""
+        return self.filter(
+            state=Task.State.SUCCEEDED, visibility=Task.Visibility.TEAM, deleted_at__isnull=True
+        )
 
     def active(self) -> "TaskQuerySet":
         return self.filter(state__in=Task.ACTIVE_STATES)
@@ -169,6 +184,10 @@ class TaskQuerySet(models.QuerySet):
 class Task(models.Model):
     """One generation a member paid for, from submit to stored result or refund."""
 
+    class Visibility(models.TextChoices):
+        TEAM = "team", "Team: in the shared gallery"
+        PRIVATE = "private", "Private: only you"
+
     class State(models.TextChoices):
         QUEUED = "queued", "Queued"
         SUBMITTED = "submitted", "Submitted"
@@ -207,6 +226,11 @@ class Task(models.Model):
     key_label = models.CharField(max_length=200, help_text="Which key paid, as it was then.")
     state = models.CharField(max_length=16, choices=State.choices, default=State.QUEUED)
     submit_token = models.UUIDField(null=True, blank=True, editable=False)
+    visibility = models.CharField(
+        max_length=10, choices=Visibility.choices, default=Visibility.TEAM
+    )
+    # Deleting keeps the row (the ledger points at it) but removes the files and hides it.
+    deleted_at = models.DateTimeField(null=True, blank=True)
     # The price snapshot taken at submit, so later price edits never change what was paid.
     price_unit = models.CharField(max_length=10)
     price_credits_per_unit = models.PositiveIntegerField()
@@ -254,6 +278,15 @@ class Task(models.Model):
                 fields=["user", "submit_token"], name="one_task_per_submit_token"
             ),
         ]
+        indexes = [
+            # The gallery's order (newest result first) over its rows only.
+            models.Index(
+                Coalesce("finished_at", "created_at").desc(),
+                models.F("id").desc(),
+                name="gallery_newest_first",
+                condition=models.Q(state="succeeded", visibility="team", deleted_at__isnull=True),
+            ),
+        ]
 
     def __str__(self) -> str:
         return f"{self.model} task {self.code}"
@@ -282,6 +315,43 @@ class Task(models.Model):
             reference_images=tuple(self.params.get("reference_images") or ()),
             callback_url=callback_url,
         )
+
+
+class Favourite(models.Model):
+    """A member's star on a gallery result."""
+
+    user = models.ForeignKey(
+        settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="favourites"
+    )
+    task = models.ForeignKey(Task, on_delete=models.CASCADE, related_name="favourites")
+    created_at = models.DateTimeField(default=timezone.now)
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(fields=["user", "task"], name="one_favourite_per_task")
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.user} ★ {self.task}"
+
+
+class ReferenceImage(models.Model):
+    """An image a member uploaded to guide a generation. Gateways fetch it from an unguessable
+    public URL (or get it inline as a data URI where they accept one)."""
+
+    user = models.ForeignKey(
+        settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="reference_images"
+    )
+    token = models.CharField(max_length=64, unique=True)
+    file = models.FileField(max_length=300)
+    content_type = models.CharField(max_length=40)
+    width = models.PositiveIntegerField()
+    height = models.PositiveIntegerField()
+    size = models.PositiveIntegerField()
+    created_at = models.DateTimeField(default=timezone.now)
+
+    def __str__(self) -> str:
+        return f"reference image {self.token[:8]}…"
 
 
 class TaskInReview(Task):

@@ -13,6 +13,13 @@ def pytest_report_header(config):
     return f"omniweb: database {settings.DATABASES['default']['ENGINE']}, broker {broker}"
 
 
+@pytest.fixture(autouse=True)
+def quick_passwords(settings):
+    """The cast logs in thousands of times; slow password hashing would only slow the suite.
+    (Hashing itself is Django's and untouched in production.)"""
+    settings.PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
+
+
 @pytest.fixture
 def alice(django_user_model):
     return django_user_model.objects.create_user(
