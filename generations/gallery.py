@@ -1,0 +1,326 @@
+"""The team's shared gallery: a filtered grid of finished results, one result's page, favourites.
+
+The grid pages with a cursor, not page numbers: a cursor names the last item shown (its finish
+time and primary key), and the next page is whatever comes strictly after it in the same order,
+so results finishing while someone scrolls neither repeat nor push items off a page. A page
+costs the same few queries however many results there are: one statement picks the page's keys
+from the narrow sorted rows and loads those tasks with their members, one prefetch brings each
+task's first result, and "favourited by me" is a subquery, not a query per tile.
+
+Bad query strings (unknown kind or model, a broken date or cursor) are reported beside the
+filter they belong to and ignored; they never turn into an error page.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+from dataclasses import dataclass
+from datetime import UTC, date, datetime, time, timedelta
+from uuid import UUID
+
+from django import forms
+from django.contrib import messages
+from django.contrib.auth import get_user_model
+from django.db.models import Exists, OuterRef, Prefetch, Q, QuerySet
+from django.db.models.functions import Coalesce
+from django.http import HttpRequest, HttpResponse, QueryDict
+from django.shortcuts import get_object_or_404, redirect, render
+from django.urls import reverse
+from django.utils import timezone
+from django.views.decorators.http import require_GET, require_POST
+
+from generations import providers
+from generations.models import Favourite, Result, Task
+from generations.providers import Kind, catalog
+
+PAGE_SIZE = 24
+# Dates outside this range could overflow when turned into local midnight and back to UTC.
+FIRST_DATE = date(1900, 1, 1)
+LAST_DATE = date(9998, 12, 31)
+TILE_FIELDS = (
+    "code",
+    "provider",
+    "model",
+    "kind",
+    "prompt",
+    "created_at",
+    "finished_at",
+    "user__username",
+    "user__display_name",
+)
+DATE_FORMAT_ERROR = "Write the date as YYYY-MM-DD, e.g. 2025-03-31; this filter was ignored."
+
+
+def model_choices() -> list:
+    """Every model in the catalog, grouped by gateway, valued "provider/model"."""
+    groups: dict[str, list[tuple[str, str]]] = {}
+    for spec in catalog.MODELS:
+        groups.setdefault(providers.REGISTRY[spec.provider].name, []).append((spec.key, spec.label))
+    return [("", "Any model"), *groups.items()]
+
+
+def member_choices() -> list[tuple[str, str]]:
+    """Active members who have at least one result in the gallery."""
+    members = (
+        get_user_model()
+        .objects.filter(is_active=True)
+        .filter(Exists(Task.objects.in_gallery().filter(user=OuterRef("pk"))))
+        .order_by("username")
+    )
+    return [("", "Anyone"), *((member.username, str(member)) for member in members)]
+
+
+class GalleryFilters(forms.Form):
+    """The gallery's filters, read from the query string. Each field that fails to validate is
+    reported and left out; the valid ones still apply."""
+
+    kind = forms.ChoiceField(
+        required=False,
+        choices=[
+            ("", "Videos and images"),
+            (Kind.VIDEO.value, "Videos"),
+            (Kind.IMAGE.value, "Images"),
+        ],
+        error_messages={"invalid_choice": "Choose videos or images; this filter was ignored."},
+    )
+    model = forms.ChoiceField(
+        required=False,
+        error_messages={"invalid_choice": "Omniweb has no such model; this filter was ignored."},
+    )
+    member = forms.ChoiceField(
+        required=False,
+        error_messages={
+            "invalid_choice": "No member with gallery results has that name; "
+            "this filter was ignored."
+        },
+    )
+    date_from = forms.DateField(
+        required=False,
+        label="From",
+        input_formats=["%Y-%m-%d"],
+        widget=forms.DateInput(attrs={"type": "date"}, format="%Y-%m-%d"),
+        error_messages={"invalid": DATE_FORMAT_ERROR},
+    )
+    date_to = forms.DateField(
+        required=False,
+        label="To",
+        input_formats=["%Y-%m-%d"],
+        widget=forms.DateInput(attrs={"type": "date"}, format="%Y-%m-%d"),
+        error_messages={"invalid": DATE_FORMAT_ERROR},
+    )
+    q = forms.CharField(
+        required=False,
+        max_length=200,
+        label="Prompt contains",
+        widget=forms.TextInput(attrs={"type": "search"}),
+        error_messages={"max_length": "Search for at most 200 characters; the search was ignored."},
+    )
+    fav = forms.BooleanField(
+        required=False,
+        label="Only my favourites",
+        widget=forms.CheckboxInput(attrs={"value": "1"}),
+    )
+
+    def __init__(self, data: QueryDict, *, members: list[tuple[str, str]]) -> None:
+        super().__init__(data)
+        self.fields["model"].choices = model_choices()
+        self.fields["member"].choices = members
+
+    @staticmethod
+    def _in_range(value: date | None) -> date | None:
+        if value is not None and not FIRST_DATE <= value <= LAST_DATE:
+            raise forms.ValidationError(
+                f"Pick a date from {FIRST_DATE.year} to {LAST_DATE.year}; this filter was ignored."
+            )
+        return value
+
+    def clean_date_from(self) -> date | None:
+        return self._in_range(self.cleaned_data.get("date_from"))
+
+    def clean_date_to(self) -> date | None:
+        value = self._in_range(self.cleaned_data.get("date_to"))
+        start = self.cleaned_data.get("date_from")
+        if value and start and value < start:
+            raise forms.ValidationError(
+                "This date is before the “From” date; this filter was ignored."
+            )
+        return value
+
+
+@dataclass(frozen=True)
+class Cursor:
+    """Where a page ends: the last item's finish time and primary key."""
+
+    shown_at: datetime
+    pk: int
+
+    def encode(self) -> str:
+        raw = f"{self.shown_at.isoformat()}|{self.pk}".encode()
+        return base64.urlsafe_b64encode(raw).decode().rstrip("=")
+
+    @classmethod
+    def decode(cls, value: str) -> Cursor | None:
+        """The cursor in `value`, or None when it is not one we could have made."""
+        try:
+            raw = base64.urlsafe_b64decode(value + "=" * (-len(value) % 4)).decode("ascii")
+            moment, pk_text = raw.split("|")
+            shown_at = datetime.fromisoformat(moment)
+            pk = int(pk_text)
+            if shown_at.tzinfo is None or not 0 < pk < 2**63:
+                return None
+            # Converting here, not in the database driver, keeps an out-of-range time a
+            # broken cursor rather than an error.
+            return cls(shown_at.astimezone(UTC), pk)
+        except (binascii.Error, UnicodeError, ValueError, OverflowError):
+            return None
+
+
+def _newest_first(tasks: QuerySet[Task], user) -> QuerySet[Task]:
+    return tasks.annotate(
+        # Succeeded tasks always have finished_at; the fallback keeps the order total.
+        shown_at=Coalesce("finished_at", "created_at"),
+        is_favourite=Exists(Favourite.objects.filter(user=user, task=OuterRef("pk"))),
+    ).order_by("-shown_at", "-pk")
+
+
+def gallery_tasks(user) -> QuerySet[Task]:
+    """The gallery's results, newest first, with what the filters and the cursor work on."""
+    return _newest_first(Task.objects.in_gallery(), user)
+
+
+def tiles(keys, user) -> QuerySet[Task]:
+    """The tasks with primary keys in `keys`, newest first, with what a tile shows: the
+    member, the first result, and only the columns a tile needs."""
+    return (
+        _newest_first(Task.objects.filter(pk__in=keys), user)
+        .select_related("user")
+        .only(*TILE_FIELDS)
+        .prefetch_related(
+            Prefetch("results", queryset=Result.objects.order_by("position")[:1], to_attr="covers")
+        )
+    )
+
+
+def _local_midnight(day: date) -> datetime:
+    return timezone.make_aware(datetime.combine(day, time.min))
+
+
+def apply_filters(tasks: QuerySet[Task], filters: dict) -> QuerySet[Task]:
+    """Narrow `tasks` by the filters that validated (GalleryFilters.cleaned_data)."""
+    if filters.get("kind"):
+        tasks = tasks.filter(kind=filters["kind"])
+    if filters.get("model"):
+        provider, model = filters["model"].split("/", 1)
+        tasks = tasks.filter(provider=provider, model=model)
+    if filters.get("member"):
+        tasks = tasks.filter(user__username=filters["member"])
+    if filters.get("date_from"):
+        tasks = tasks.filter(shown_at__gte=_local_midnight(filters["date_from"]))
+    if filters.get("date_to"):
+        tasks = tasks.filter(shown_at__lt=_local_midnight(filters["date_to"] + timedelta(days=1)))
+    if filters.get("q"):
+        tasks = tasks.filter(prompt__icontains=filters["q"])
+    if filters.get("fav"):
+        tasks = tasks.filter(is_favourite=True)
+    return tasks
+
+
+def _page_url(request: HttpRequest, cursor: Cursor | None) -> str:
+    """The gallery with the same filters, starting after `cursor` (or at the newest)."""
+    query = request.GET.copy()
+    query.pop("cursor", None)
+    if cursor is not None:
+        query["cursor"] = cursor.encode()
+    encoded = query.urlencode()
+    return reverse("generations-gallery") + (f"?{encoded}" if encoded else "")
+
+
+@require_GET
+def gallery(request: HttpRequest) -> HttpResponse:
+    form = GalleryFilters(request.GET, members=member_choices())
+    form.is_valid()  # invalid fields are reported on the form and left out of cleaned_data
+    tasks = apply_filters(gallery_tasks(request.user), form.cleaned_data)
+
+    cursor_error = ""
+    cursor = None
+    if request.GET.get("cursor"):
+        cursor = Cursor.decode(request.GET["cursor"])
+        if cursor is None:
+            cursor_error = (
+                "That link to older results is broken or out of date; "
+                "here are the newest results instead."
+            )
+        else:
+            # (shown_at, pk) < cursor, written so an index on the order can seek to it.
+            tasks = tasks.filter(shown_at__lte=cursor.shown_at).filter(
+                Q(shown_at__lt=cursor.shown_at) | Q(pk__lt=cursor.pk)
+            )
+
+    # The page's keys are chosen from the narrow rows first; sorting whole rows, wide JSON
+    # columns and all, costs far more once there are thousands of results.
+    page_keys = tasks.values("pk")[: PAGE_SIZE + 1]
+    items = list(tiles(page_keys, request.user))
+    next_url = ""
+    if len(items) > PAGE_SIZE:
+        items = items[:PAGE_SIZE]
+        next_url = _page_url(request, Cursor(items[-1].shown_at, items[-1].pk))
+    for task in items:
+        task.cover = task.covers[0] if task.covers else None
+
+    context = {"tasks": items, "next_url": next_url}
+    # Infinite scroll asks for the next items only; a boosted filter form wants the whole page.
+    if request.htmx and not request.htmx.boosted:
+        return render(request, "generations/_gallery_items.html", context)
+    context.update(
+        form=form,
+        cursor=cursor,
+        cursor_error=cursor_error,
+        newest_url=_page_url(request, None),
+        filtered=any(form.data.get(name) for name in form.fields),
+    )
+    return render(request, "generations/gallery.html", context)
+
+
+def _gallery_lookup(request: HttpRequest, code: UUID) -> Task:
+    """A result the member may look at here: the team's, or their own private one."""
+    own = Task.objects.owned_by(request.user).filter(state=Task.State.SUCCEEDED)
+    return get_object_or_404((Task.objects.in_gallery() | own).select_related("user"), code=code)
+
+
+def _is_favourite(user, task: Task) -> bool:
+    return Favourite.objects.filter(user=user, task=task).exists()
+
+
+@require_GET
+def gallery_item(request: HttpRequest, code: UUID) -> HttpResponse:
+    task = _gallery_lookup(request, code)
+    return render(
+        request,
+        "generations/gallery_item.html",
+        {
+            "task": task,
+            "results": task.results.all(),
+            "is_favourite": _is_favourite(request.user, task),
+            "shown_at": task.finished_at or task.created_at,
+        },
+    )
+
+
+@require_POST
+def favourite(request: HttpRequest, code: UUID) -> HttpResponse:
+    """Star or unstar a result for the member; htmx gets the new button, others the page."""
+    task = _gallery_lookup(request, code)
+    removed, _ = Favourite.objects.filter(user=request.user, task=task).delete()
+    if not removed:
+        Favourite.objects.get_or_create(user=request.user, task=task)
+    is_favourite = not removed
+    if request.htmx:
+        return render(
+            request, "generations/_favourite.html", {"task": task, "is_favourite": is_favourite}
+        )
+    if is_favourite:
+        messages.success(request, "Added to your favourites.")
+    else:
+        messages.success(request, "Removed from your favourites.")
+    return redirect("generations-gallery-item", code=task.code)

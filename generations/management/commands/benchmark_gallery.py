@@ -1,0 +1,250 @@
+"""How long the gallery takes to answer, measured on a throwaway database.
+
+The command creates its own database with Django's test-database machinery, migrates it, fills
+it with N team results from a few members and drops it afterwards, so it never reads or writes
+real members or tasks. One member is logged in with the test client, which sends every request
+through the full middleware stack (sessions, authentication, CSRF, messages, htmx).
+
+It times the gallery's first page and a page from the middle (through its cursor), each against
+a bare view that lists the same 24 prompts from one plain query in a minimal HTML page, behind
+the same middleware. The ratio says what the gallery's filters, tiles, template and extra
+queries cost over the least a page of 24 results can cost on this machine and database. The
+figures are printed, never checked. DEBUG is off while measuring, as in production; static file
+URLs are built without a collectstatic manifest, since a development copy may not have one.
+"""
+
+import statistics
+import time
+from datetime import timedelta
+from decimal import Decimal
+from itertools import cycle
+from urllib.parse import urlencode
+
+from django.conf import settings
+from django.contrib.auth import get_user_model
+from django.core.management.base import BaseCommand, CommandError, CommandParser
+from django.db import connection
+from django.http import HttpRequest, HttpResponse
+from django.test import Client
+from django.test.utils import CaptureQueriesContext, override_settings
+from django.urls import include, path
+from django.utils import timezone
+from django.utils.dateparse import parse_datetime
+from django.utils.html import escape
+
+from accounts.management.commands.benchmark_ledger import throwaway_name
+from generations.gallery import PAGE_SIZE, Cursor
+from generations.models import Favourite, Result, Task
+from generations.providers import Kind, catalog
+
+BARE_PATH = "/benchmark/bare/"
+SUBJECTS = ("a red fox", "a lighthouse", "two astronauts", "a paper boat", "a city tram")
+PLACES = ("in the snow", "at dusk", "under water", "on Mars", "in a rainy street")
+STYLES = ("cinematic", "watercolour", "35 mm film", "isometric", "claymation")
+
+
+def bare_gallery(request: HttpRequest) -> HttpResponse:
+    """The least a page of 24 gallery results can cost: one query, escaped prompts, no template.
+    `?before=<finish time>` starts after that time, as the gallery's cursor does."""
+    tasks = Task.objects.in_gallery().order_by("-finished_at", "-pk")
+    before = parse_datetime(request.GET.get("before", ""))
+    if before is not None:
+        tasks = tasks.filter(finished_at__lt=before)
+    prompts = tasks.values_list("prompt", flat=True)[:PAGE_SIZE]
+    items = "".join(f"<li>{escape(prompt)}</li>" for prompt in prompts)
+    return HttpResponse(f"<!doctype html><title>Gallery</title><ul>{items}</ul>")
+
+
+# The URLconf used while measuring: the site's own URLs plus the bare view.
+urlpatterns = [
+    path(BARE_PATH.strip("/") + "/", bare_gallery),
+    path("", include(settings.ROOT_URLCONF)),
+]
+
+
+def create_gallery(users: list, count: int, *, favourites_of=None) -> list[Task]:
+    """`count` finished team results spread over `users`, one second apart (the last the
+    newest), each with one stored result row; the files themselves are not written. Every
+    seventh is a favourite of `favourites_of`, when given."""
+    specs = catalog.MODELS
+    now = timezone.now()
+    tasks = []
+    for i, user, spec in zip(range(count), cycle(users), cycle(specs), strict=False):
+        prompt = f"{SUBJECTS[i % 5]} {PLACES[i // 5 % 5]}, {STYLES[i // 25 % 5]}, take {i}"
+        finished = now - timedelta(seconds=count - i)
+        tasks.append(
+            Task(
+                user=user,
+                provider=spec.provider,
+                model=spec.model,
+                kind=spec.kind.value,
+                prompt=prompt,
+                params={
+                    "duration": spec.default_duration,
+                    "resolution": spec.default_resolution,
+                    "aspect_ratio": spec.default_aspect_ratio,
+                },
+                key_label="Benchmark",
+                state=Task.State.SUCCEEDED,
+                visibility=Task.Visibility.TEAM,
+                price_unit="task",
+                price_credits_per_unit=10,
+                price_units=1,
+                price_multiplier=Decimal(1),
+                credits_charged=10,
+                created_at=finished - timedelta(seconds=30),
+                finished_at=finished,
+            )
+        )
+    tasks = Task.objects.bulk_create(tasks, batch_size=1000)
+    results = []
+    for i, task in enumerate(tasks):
+        video = task.kind == Kind.VIDEO
+        results.append(
+            Result(
+                task=task,
+                position=0,
+                file=f"results/benchmark/{i}.{'mp4' if video else 'png'}",
+                poster=f"posters/benchmark/{i}.jpg",
+                content_type="video/mp4" if video else "image/png",
+                size=1_000_000,
+                width=1280,
+                height=720,
+                duration=5.0 if video else None,
+            )
+        )
+    Result.objects.bulk_create(results, batch_size=1000)
+    if favourites_of is not None:
+        Favourite.objects.bulk_create(
+            [Favourite(user=favourites_of, task=task) for task in tasks[::7]], batch_size=1000
+        )
+    return tasks
+
+
+def p95(samples: list[float]) -> float:
+    """The nearest-rank 95th percentile."""
+    ordered = sorted(samples)
+    return ordered[max(0, -(-len(ordered) * 95 // 100) - 1)]
+
+
+class Command(BaseCommand):
+    help = (
+        "Time the gallery's first and a middle page against a bare list of the same results, "
+        "on a throwaway database filled with N results."
+    )
+
+    def add_arguments(self, parser: CommandParser) -> None:
+        parser.add_argument(
+            "--results", type=int, default=10_000, help="Gallery results to create (10,000)."
+        )
+        parser.add_argument(
+            "--repeat", type=int, default=20, help="Timed requests per page (default 20)."
+        )
+
+    def handle(self, *args, results: int, repeat: int, **options) -> None:
+        if not PAGE_SIZE * 2 < results <= 1_000_000:
+            raise CommandError(f"--results must be above {PAGE_SIZE * 2} and at most 1,000,000.")
+        if not 1 <= repeat <= 10_000:
+            raise CommandError("--repeat must be 1 to 10,000.")
+        settings_dict = connection.settings_dict
+        real_name = settings_dict["NAME"]
+        test_settings = settings_dict.setdefault("TEST", {})
+        previous_test_name = test_settings.get("NAME")
+        test_settings["NAME"] = throwaway_name(settings_dict)
+        # The debug cursor records and times every query; that would be measured too.
+        debug = settings.DEBUG
+        settings.DEBUG = False
+        try:
+            self.stdout.write(f"Creating the throwaway database {test_settings['NAME']} ...")
+            connection.creation.create_test_db(
+                verbosity=0, autoclobber=True, serialize=False, keepdb=False
+            )
+            try:
+                if connection.settings_dict["NAME"] == real_name:
+                    raise CommandError("The throwaway database was not set up; nothing was run.")
+                with override_settings(
+                    ROOT_URLCONF=__name__,
+                    ALLOWED_HOSTS=[*settings.ALLOWED_HOSTS, "testserver"],
+                    STORAGES={
+                        **settings.STORAGES,
+                        "staticfiles": {
+                            "BACKEND": "django.contrib.staticfiles.storage.StaticFilesStorage"
+                        },
+                    },
+                ):
+                    self.measure(results, repeat)
+            finally:
+                connection.creation.destroy_test_db(real_name, verbosity=0)
+                self.stdout.write("The throwaway database was dropped.")
+        finally:
+            settings.DEBUG = debug
+            if previous_test_name is None:
+                test_settings.pop("NAME", None)
+            else:
+                test_settings["NAME"] = previous_test_name
+
+    def measure(self, count: int, repeat: int) -> None:
+        version = ".".join(str(part) for part in connection.get_database_version())
+        self.stdout.write(f"Database: {connection.display_name} {version}")
+        started = time.perf_counter()
+        User = get_user_model()
+        members = [
+            User.objects.create(username=f"benchmark-{n}", display_name=f"Member {n}")
+            for n in range(1, 6)
+        ]
+        tasks = create_gallery(members, count, favourites_of=members[0])
+        elapsed = time.perf_counter() - started
+        self.stdout.write(f"Created {count:,} gallery results in {elapsed:.1f} s")
+
+        client = Client()
+        client.force_login(members[0])
+        # The middle page starts after the task half way down the newest-first order.
+        middle = tasks[count // 2]
+        cursor = Cursor(middle.finished_at, middle.pk).encode()
+        pages = [
+            ("first", "/gallery/", BARE_PATH),
+            (
+                "middle",
+                "/gallery/?" + urlencode({"cursor": cursor}),
+                BARE_PATH + "?" + urlencode({"before": middle.finished_at.isoformat()}),
+            ),
+        ]
+        self.stdout.write(f"Each figure: {repeat} timed requests after 2 to warm up")
+        self.stdout.write("")
+        self.stdout.write(
+            f"{'page':<8}{'view':<10}{'median ms':>11}{'p95 ms':>10}{'queries':>9}"
+            f"{'gallery/bare':>14}"
+        )
+        for name, gallery_url, bare_url in pages:
+            gallery_body, gallery_figures = self.time_page(client, gallery_url, repeat)
+            bare_body, bare_figures = self.time_page(client, bare_url, repeat)
+            # The comparison is fair only if both list the same results.
+            for prompt in bare_body.split("<li>")[1:]:
+                if prompt.split("</li>")[0] not in gallery_body:
+                    raise CommandError(f"The {name} pages do not list the same results.")
+            ratio = gallery_figures[0] / bare_figures[0]
+            self.stdout.write(self.row(name, "gallery", gallery_figures) + f"{ratio:>13.1f}x")
+            self.stdout.write(self.row(name, "bare", bare_figures))
+        self.stdout.write("")
+
+    @staticmethod
+    def row(page: str, view: str, figures: tuple[float, float, int]) -> str:
+        median, high, queries = figures
+        return f"{page:<8}{view:<10}{median:>11.2f}{high:>10.2f}{queries:>9}"
+
+    def time_page(self, client: Client, url: str, repeat: int) -> tuple[str, tuple]:
+        """The page's text and (median ms, p95 ms, queries) of `repeat` timed GETs."""
+        with CaptureQueriesContext(connection) as queries:
+            response = client.get(url, secure=True)
+        # Counted now: every request that follows empties the connection's query log.
+        query_count = len(queries)
+        if response.status_code != 200:
+            raise CommandError(f"GET {url} answered {response.status_code}.")
+        client.get(url, secure=True)
+        samples = []
+        for _ in range(repeat):
+            start = time.perf_counter()
+            response = client.get(url, secure=True)
+            samples.append((time.perf_counter() - start) * 1000)
+        body = response.content.decode()
+        return body, (statistics.median(samples), p95(samples), query_count)
