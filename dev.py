@@ -129,6 +129,8 @@ def start(args: argparse.Namespace) -> int:
     manage("ensure_admin", env=env)
 
     address = f"{args.host}:{args.port}"
+    # The first generation works without any outside account: simulator keys and credits.
+    manage("ensure_demo", "--site", f"http://{address}", env=env)
     # Gateways that call back (OmniaKey's webhook; here the simulator) need our address.
     env.setdefault("OMNIWEB_PUBLIC_URL", f"http://{address}")
     say("starting the web server and the worker")

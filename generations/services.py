@@ -72,7 +72,7 @@ def submit_task(
     if not limits.allows(request.provider, request.model):
         raise SubmitRefused(f"Your quota does not include {spec.label}.")
     if limits.max_active_tasks is not None:
-        active = Task.objects.visible_to(locked).active().count()
+        active = Task.objects.filter(user=locked).active().count()
         if active >= limits.max_active_tasks:
             raise SubmitRefused(
                 f"You already have {active} active tasks, your limit; wait for one to finish."
@@ -269,3 +269,21 @@ def recheck_now(task: Task) -> bool:
             next_check_at=timezone.now()
         )
     )
+
+
+def delete_task(task: Task) -> bool:
+    """Delete a finished task for its member: files removed, row kept (the ledger refers to it)
+    and hidden everywhere. False for an active task, which must be canceled first."""
+    from generations.models import Result
+
+    updated = Task.objects.filter(
+        pk=task.pk, state__in=Task.TERMINAL_STATES, deleted_at__isnull=True
+    ).update(deleted_at=timezone.now())
+    if not updated:
+        return False
+    for result in Result.objects.filter(task=task):
+        for stored in (result.file, result.poster):
+            if stored:
+                stored.delete(save=False)
+    Result.objects.filter(task=task).delete()
+    return True

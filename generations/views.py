@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hmac
 import logging
+from urllib.parse import urlencode
 from uuid import UUID
 
 from django.conf import settings
@@ -19,14 +20,17 @@ from django.core.paginator import Paginator
 from django.http import FileResponse, Http404, HttpRequest, HttpResponse
 from django.shortcuts import get_object_or_404, redirect, render
 from django.views.decorators.csrf import csrf_exempt
-from django.views.decorators.http import require_POST
+from django.views.decorators.http import require_GET, require_POST
 
+from generations import providers
+from generations.cards import with_timing
 from generations.engine import callback_token_hash
 from generations.models import Result, Task
 from generations.services import (
     CANCELABLE_STATES,
     SubmitRefused,
     cancel_by_member,
+    delete_task,
     recheck_now,
     retry_task,
 )
@@ -35,27 +39,87 @@ logger = logging.getLogger("omniweb.engine")
 
 
 def own_task(request: HttpRequest, code: UUID) -> Task:
-    return get_object_or_404(Task.objects.visible_to(request.user).select_related("key"), code=code)
+    """A task the member may change: their own, not deleted. Anything else is a 404."""
+    return get_object_or_404(Task.objects.owned_by(request.user).select_related("key"), code=code)
+
+
+TASK_FILTERS = {
+    "state": dict(Task.State.choices),
+    "provider": dict(providers.choices()),
+    "kind": {"video": "Video", "image": "Image"},
+}
 
 
 def task_list(request: HttpRequest) -> HttpResponse:
-    tasks = Task.objects.visible_to(request.user).prefetch_related("results")
-    page = Paginator(tasks, 25).get_page(request.GET.get("page"))
-    return render(request, "generations/task_list.html", {"page": page})
+    """My tasks: every task of the member as a card, filtered, newest first."""
+    tasks = Task.objects.owned_by(request.user).prefetch_related("results")
+    chosen, problems = {}, []
+    for name, allowed in TASK_FILTERS.items():
+        value = request.GET.get(name, "")
+        if not value:
+            continue
+        if value in allowed:
+            chosen[name] = value
+        else:
+            problems.append(f"There is no {name} {value!r}; that filter was ignored.")
+    tasks = tasks.filter(**chosen)
+    page = Paginator(tasks, 24).get_page(request.GET.get("page"))
+    cards = with_timing(page.object_list)
+    query = urlencode(chosen)
+    return render(
+        request,
+        "generations/task_list.html",
+        {
+            "page": page,
+            "cards": cards,
+            "filters": TASK_FILTERS,
+            "chosen": chosen,
+            "problems": problems,
+            "query": query,
+            "watching": any(t.is_active for t in cards),
+        },
+    )
+
+
+@require_GET
+def task_cards(request: HttpRequest) -> HttpResponse:
+    """The poller's one request: fresh cards for the active tasks on the page."""
+    codes = []
+    for value in request.GET.getlist("watch")[:100]:
+        try:
+            codes.append(UUID(value))
+        except ValueError:
+            continue  # a tampered value: skip it, answer for the rest
+    tasks = with_timing(
+        Task.objects.visible_to(request.user).filter(code__in=codes).prefetch_related("results")
+    )
+    return render(
+        request,
+        "generations/_card_updates.html",
+        {"tasks": tasks, "watching": any(t.is_active for t in tasks)},
+    )
 
 
 def task_detail(request: HttpRequest, code: UUID) -> HttpResponse:
-    task = own_task(request, code)
+    task = get_object_or_404(
+        Task.objects.visible_to(request.user).select_related("key", "user"), code=code
+    )
+    mine = task.user_id == request.user.pk
+    (card,) = with_timing([task])
     return render(
         request,
         "generations/task_detail.html",
         {
-            "task": task,
+            "task": card,
+            "mine": mine,
             "results": task.results.all(),
             "events": task.events.all(),
-            "entries": task.ledger_entries.order_by("created_at", "pk"),
-            "can_cancel": task.state in CANCELABLE_STATES,
-            "can_retry": task.state in (Task.State.FAILED, Task.State.CANCELED),
+            "entries": task.ledger_entries.order_by("created_at", "pk") if mine else [],
+            "can_cancel": mine and task.state in CANCELABLE_STATES,
+            "can_retry": mine and task.state in (Task.State.FAILED, Task.State.CANCELED),
+            "can_delete": mine and not task.is_active,
+            "visibilities": Task.Visibility.choices,
+            "watching": task.is_active,
         },
     )
 
@@ -85,6 +149,29 @@ def task_retry(request: HttpRequest, code: UUID) -> HttpResponse:
     return redirect("generations-task", code=new.code)
 
 
+@require_POST
+def task_visibility(request: HttpRequest, code: UUID) -> HttpResponse:
+    task = own_task(request, code)
+    value = request.POST.get("visibility", "")
+    if value not in Task.Visibility.values:
+        messages.error(request, "Choose team or private.")
+    else:
+        Task.objects.filter(pk=task.pk).update(visibility=value)
+        label = Task.Visibility(value).label
+        messages.success(request, f"Visibility changed to {label[0].lower()}{label[1:]}.")
+    return redirect("generations-task", code=task.code)
+
+
+@require_POST
+def task_delete(request: HttpRequest, code: UUID) -> HttpResponse:
+    task = own_task(request, code)
+    if not delete_task(task):
+        messages.error(request, "An active task cannot be deleted; cancel it first.")
+        return redirect("generations-task", code=task.code)
+    messages.success(request, "The task and its files were deleted. Your credits history keeps it.")
+    return redirect("generations-tasks")
+
+
 def _result(request: HttpRequest, code: UUID, position: int) -> Result:
     return get_object_or_404(
         Result.objects.filter(task__in=Task.objects.visible_to(request.user)),
@@ -93,11 +180,20 @@ def _result(request: HttpRequest, code: UUID, position: int) -> Result:
     )
 
 
+def _open(stored) -> object:
+    """A stored file, or 404 when storage lost it (a failed disk, a manual clean-up)."""
+    try:
+        return stored.open("rb")
+    except FileNotFoundError:
+        logger.warning("event=stored_file_missing name=%s", stored.name)
+        raise Http404("This file is no longer stored.") from None
+
+
 def result_file(request: HttpRequest, code: UUID, position: int) -> FileResponse:
     result = _result(request, code, position)
     extension = result.file.name.rsplit(".", 1)[-1]
     response = FileResponse(
-        result.file.open("rb"),
+        _open(result.file),
         content_type=result.content_type,
         as_attachment="download" in request.GET,
         filename=f"omniweb-{code}-{position}.{extension}",
@@ -111,7 +207,7 @@ def result_poster(request: HttpRequest, code: UUID, position: int) -> FileRespon
     result = _result(request, code, position)
     if not result.poster:
         raise Http404("This result has no poster.")
-    response = FileResponse(result.poster.open("rb"), content_type="image/jpeg")
+    response = FileResponse(_open(result.poster), content_type="image/jpeg")
     response["X-Content-Type-Options"] = "nosniff"
     response["Cache-Control"] = "private, max-age=3600"
     return response

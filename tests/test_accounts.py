@@ -10,10 +10,12 @@ from django.urls.resolvers import RegexPattern
 
 from tests.conftest import PASSWORD
 
-# Pages anybody may open: signing in, getting back in, the health check, and the gateways'
-# webhook (its per-task token is the credential; see tests/test_engine.py).
+# Pages anybody may open: signing in, getting back in, the health check, and what gateways
+# fetch or call: the webhook and uploaded reference images (an unguessable token is the
+# credential of each; see tests/test_engine.py and tests/test_create.py).
 PUBLIC = {
     "generations-webhook",
+    "generations-reference",
     "login",
     "password_reset",
     "password_reset_done",

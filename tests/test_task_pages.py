@@ -63,7 +63,8 @@ def test_a_member_sees_their_task_with_the_prompt_escaped(client, alice, task):
     assert "Queued" in listing
 
 
-def test_another_member_gets_404_for_every_task_url(client, bob, task, stored):
+def test_another_member_gets_404_for_every_url_of_a_private_task(client, bob, task, stored):
+    Task.objects.filter(pk=task.pk).update(visibility=Task.Visibility.PRIVATE)
     client = logged_in(client, bob)
     for path in urls(task)["get"]:
         assert client.get(path).status_code == 404, path
@@ -134,3 +135,9 @@ def test_cancel_and_retry_need_the_csrf_token(alice, task):
     assert client.post(f"/t/{task.code}/cancel").status_code == 403
     task.refresh_from_db()
     assert task.state == Task.State.QUEUED
+
+
+def test_a_result_whose_file_was_lost_answers_404_not_an_error(client, alice, stored, task):
+    default_storage.delete(stored.file.name)
+    response = logged_in(client, alice).get(f"/t/{task.code}/file/0")
+    assert response.status_code == 404

@@ -1,0 +1,70 @@
+// Studio: tell the member when their tasks change, without moving focus.
+// The card poller (an htmx element) swaps fresh cards in; after each settle this script
+// compares every card's state with the last one seen and, on a change, announces it in the
+// page's one polite live region (shown as a toast), updates the tab title, and shows a
+// browser notification for finished tasks where the member allowed them.
+(function () {
+  "use strict";
+  var FINISHED = { succeeded: "finished", failed: "failed", canceled: "was canceled" };
+  var baseTitle = document.title;
+  var seen = {};
+
+  function cards() {
+    return Array.prototype.slice.call(document.querySelectorAll("[data-task]"));
+  }
+
+  function toast(text) {
+    var region = document.getElementById("toasts");
+    if (!region) return;
+    var item = document.createElement("p");
+    item.className = "toast";
+    item.textContent = text;
+    region.appendChild(item);
+    setTimeout(function () { item.remove(); }, 8000);
+  }
+
+  function notify(text) {
+    if (!("Notification" in window) || Notification.permission !== "granted") return;
+    try { new Notification("Omniweb", { body: text }); } catch (e) { /* not allowed here */ }
+  }
+
+  function updateTitle(list) {
+    var active = list.filter(function (card) { return card.querySelector(".watch"); });
+    if (!active.length) { document.title = baseTitle; return; }
+    var label = active.length + " running";
+    if (active.length === 1 && active[0].dataset.progress) {
+      label += " · " + active[0].dataset.progress + "%";
+    }
+    document.title = "(" + label + ") " + baseTitle;
+  }
+
+  function check(announce) {
+    var list = cards();
+    list.forEach(function (card) {
+      var code = card.dataset.task, state = card.dataset.state;
+      var before = seen[code];
+      seen[code] = state;
+      if (!announce || before === undefined || before === state) return;
+      var name = card.dataset.label || "A task";
+      var text = FINISHED[state] ? name + " " + FINISHED[state] + "." : name + ": " + state.replace("_", " ") + ".";
+      toast(text);
+      if (FINISHED[state]) notify(text);
+    });
+    updateTitle(list);
+  }
+
+  function offerNotifications() {
+    var button = document.getElementById("notify-button");
+    if (!button || !("Notification" in window) || Notification.permission !== "default") return;
+    button.hidden = false;
+    button.addEventListener("click", function () {
+      Notification.requestPermission().then(function () { button.hidden = true; });
+    });
+  }
+
+  document.addEventListener("DOMContentLoaded", function () {
+    check(false);
+    offerNotifications();
+    document.body.addEventListener("htmx:afterSettle", function () { check(true); });
+  });
+})();
