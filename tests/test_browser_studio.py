@@ -44,14 +44,17 @@ def add_key(page, live_server, gateway_label, gateway_id):
 def generate(page, model, prompt):
     page.get_by_label("Model").select_option(model)
     page.wait_for_function(
-        "m => document.querySelector('#id_model').value === m && !document.querySelector("
-        "'.htmx-request')",
+        # The form's own requests only: the card poller may be busy at any time.
+        "m => { const s = document.querySelector('#id_model'); return s.value === m && "
+        "!s.form.classList.contains('htmx-request') && !s.form.querySelector('.htmx-request'); }",
         arg=model,
     )
     page.get_by_label("Prompt").fill(prompt)
     page.get_by_role("button", name="Generate").click()
     card = page.locator(".task-card", has_text=prompt).first
     card.wait_for()
+    # The fresh form (prompt cleared) has replaced the one just sent.
+    page.wait_for_function("() => document.querySelector('#id_prompt').value === ''")
     return card
 
 

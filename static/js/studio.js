@@ -6,6 +6,8 @@
 (function () {
   "use strict";
   var FINISHED = { succeeded: "finished", failed: "failed", canceled: "was canceled" };
+  // Worth telling: a start, an end, or a problem; "submitted" or "saving" would only be noise.
+  var ANNOUNCED = { running: "started", needs_review: "needs review" };
   var baseTitle = document.title;
   var seen = {};
 
@@ -46,7 +48,9 @@
       seen[code] = state;
       if (!announce || before === undefined || before === state) return;
       var name = card.dataset.label || "A task";
-      var text = FINISHED[state] ? name + " " + FINISHED[state] + "." : name + ": " + state.replace("_", " ") + ".";
+      var what = FINISHED[state] || ANNOUNCED[state];
+      if (!what) return;
+      var text = name + " " + what + ".";
       toast(text);
       if (FINISHED[state]) notify(text);
     });
