@@ -17,10 +17,8 @@ import os
 import threading
 import time
 from collections.abc import Callable
-from pathlib import Path
 from unittest import mock
 
-from django.conf import settings
 from django.contrib.auth import get_user_model
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 from django.db import connection
@@ -30,6 +28,7 @@ from accounts.models import LedgerEntry, ProviderKey
 from generations import jobs
 from generations.providers import GenerationRequest
 from generations.services import submit_task
+from omniweb.benchmarking import throwaway_database
 
 REQUEST = GenerationRequest("apimart", "Omni-Flash-Ext", "benchmark", duration=4, resolution="720p")
 # Enough for any run: a submit costs a few dozen credits and a client manages at most a few
@@ -47,15 +46,6 @@ def client_counts(value: str) -> list[int]:
             f"{value!r}: give numbers of clients separated by commas, like 1,4,16, each 1 to 64."
         )
     return counts
-
-
-def throwaway_name(settings_dict: dict) -> str:
-    """A database name of our own, so neither real data nor a test run's database is touched."""
-    name = str(settings_dict["NAME"])
-    if settings_dict["ENGINE"].endswith("sqlite3"):
-        path = Path(name)
-        return str(path.with_name(f"benchmark-{path.name}"))
-    return f"test_{name}_benchmark"
 
 
 class Command(BaseCommand):
@@ -81,36 +71,13 @@ class Command(BaseCommand):
     def handle(self, *args, clients: list[int], seconds: float, **options) -> None:
         if not 0 < seconds <= 600:
             raise CommandError("--seconds must be above 0 and at most 600.")
-        settings_dict = connection.settings_dict
-        real_name = settings_dict["NAME"]
-        test_settings = settings_dict.setdefault("TEST", {})
-        previous_test_name = test_settings.get("NAME")
-        test_settings["NAME"] = throwaway_name(settings_dict)
-        # The debug cursor records and times every query; that would be measured too.
-        debug = settings.DEBUG
-        settings.DEBUG = False
-        try:
-            self.stdout.write(f"Creating the throwaway database {test_settings['NAME']} ...")
-            connection.creation.create_test_db(
-                verbosity=0, autoclobber=True, serialize=False, keepdb=False
-            )
-            try:
-                self.database = connection.settings_dict["NAME"]
-                if self.database == real_name:
-                    raise CommandError("The throwaway database was not set up; nothing was run.")
-                # A submit queues a job for the worker; no worker will ever see these tasks,
-                # and with Redis the jobs would land in the real queue, so none is queued.
-                with mock.patch.object(jobs, "enqueue_submit", lambda pk: None):
-                    self.measure(clients, seconds)
-            finally:
-                connection.creation.destroy_test_db(real_name, verbosity=0)
-                self.stdout.write("The throwaway database was dropped.")
-        finally:
-            settings.DEBUG = debug
-            if previous_test_name is None:
-                test_settings.pop("NAME", None)
-            else:
-                test_settings["NAME"] = previous_test_name
+        # A submit queues a job for the worker; no worker will ever see these tasks, and with
+        # Redis the jobs would land in the real queue, so none is queued.
+        with (
+            throwaway_database(self.stdout) as self.database,
+            mock.patch.object(jobs, "enqueue_submit", lambda pk: None),
+        ):
+            self.measure(clients, seconds)
 
     def measure(self, clients: list[int], seconds: float) -> None:
         version = ".".join(str(part) for part in connection.get_database_version())

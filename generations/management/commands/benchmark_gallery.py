@@ -32,10 +32,10 @@ from django.utils import timezone
 from django.utils.dateparse import parse_datetime
 from django.utils.html import escape
 
-from accounts.management.commands.benchmark_ledger import throwaway_name
 from generations.gallery import PAGE_SIZE, Cursor
 from generations.models import Favourite, Result, Task
 from generations.providers import Kind, catalog
+from omniweb.benchmarking import throwaway_database
 
 BARE_PATH = "/benchmark/bare/"
 SUBJECTS = ("a red fox", "a lighthouse", "two astronauts", "a paper boat", "a city tram")
@@ -146,42 +146,20 @@ class Command(BaseCommand):
             raise CommandError(f"--results must be above {PAGE_SIZE * 2} and at most 1,000,000.")
         if not 1 <= repeat <= 10_000:
             raise CommandError("--repeat must be 1 to 10,000.")
-        settings_dict = connection.settings_dict
-        real_name = settings_dict["NAME"]
-        test_settings = settings_dict.setdefault("TEST", {})
-        previous_test_name = test_settings.get("NAME")
-        test_settings["NAME"] = throwaway_name(settings_dict)
-        # The debug cursor records and times every query; that would be measured too.
-        debug = settings.DEBUG
-        settings.DEBUG = False
-        try:
-            self.stdout.write(f"Creating the throwaway database {test_settings['NAME']} ...")
-            connection.creation.create_test_db(
-                verbosity=0, autoclobber=True, serialize=False, keepdb=False
-            )
-            try:
-                if connection.settings_dict["NAME"] == real_name:
-                    raise CommandError("The throwaway database was not set up; nothing was run.")
-                with override_settings(
-                    ROOT_URLCONF=__name__,
-                    ALLOWED_HOSTS=[*settings.ALLOWED_HOSTS, "testserver"],
-                    STORAGES={
-                        **settings.STORAGES,
-                        "staticfiles": {
-                            "BACKEND": "django.contrib.staticfiles.storage.StaticFilesStorage"
-                        },
+        with (
+            throwaway_database(self.stdout),
+            override_settings(
+                ROOT_URLCONF=__name__,
+                ALLOWED_HOSTS=[*settings.ALLOWED_HOSTS, "testserver"],
+                STORAGES={
+                    **settings.STORAGES,
+                    "staticfiles": {
+                        "BACKEND": "django.contrib.staticfiles.storage.StaticFilesStorage"
                     },
-                ):
-                    self.measure(results, repeat)
-            finally:
-                connection.creation.destroy_test_db(real_name, verbosity=0)
-                self.stdout.write("The throwaway database was dropped.")
-        finally:
-            settings.DEBUG = debug
-            if previous_test_name is None:
-                test_settings.pop("NAME", None)
-            else:
-                test_settings["NAME"] = previous_test_name
+                },
+            ),
+        ):
+            self.measure(results, repeat)
 
     def measure(self, count: int, repeat: int) -> None:
         version = ".".join(str(part) for part in connection.get_database_version())

@@ -1,0 +1,53 @@
+"""What the benchmark commands share: a database of their own, made and dropped around a run.
+
+Django's test-database machinery creates it next to the configured one (a `benchmark-` file
+for SQLite, a `test_<name>_benchmark` database for PostgreSQL), so neither real data nor a test
+run's database is touched. DEBUG is off while it exists: the debug cursor would record and time
+every query, and that would be measured too.
+"""
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+from django.conf import settings
+from django.core.management.base import CommandError
+from django.db import connection
+
+
+def throwaway_name(settings_dict: dict) -> str:
+    name = str(settings_dict["NAME"])
+    if settings_dict["ENGINE"].endswith("sqlite3"):
+        path = Path(name)
+        return str(path.with_name(f"benchmark-{path.name}"))
+    return f"test_{name}_benchmark"
+
+
+@contextmanager
+def throwaway_database(stdout) -> Iterator[str]:
+    """Create the throwaway database, yield its name, and drop it whatever happens."""
+    settings_dict = connection.settings_dict
+    real_name = settings_dict["NAME"]
+    test_settings = settings_dict.setdefault("TEST", {})
+    previous_test_name = test_settings.get("NAME")
+    test_settings["NAME"] = throwaway_name(settings_dict)
+    debug = settings.DEBUG
+    settings.DEBUG = False
+    try:
+        stdout.write(f"Creating the throwaway database {test_settings['NAME']} ...")
+        connection.creation.create_test_db(
+            verbosity=0, autoclobber=True, serialize=False, keepdb=False
+        )
+        try:
+            if connection.settings_dict["NAME"] == real_name:
+                raise CommandError("The throwaway database was not set up; nothing was run.")
+            yield connection.settings_dict["NAME"]
+        finally:
+            connection.creation.destroy_test_db(real_name, verbosity=0)
+            stdout.write("The throwaway database was dropped.")
+    finally:
+        settings.DEBUG = debug
+        if previous_test_name is None:
+            test_settings.pop("NAME", None)
+        else:
+            test_settings["NAME"] = previous_test_name
