@@ -2,7 +2,8 @@
 
 The page works as a plain form (POST, then a redirect to the task); with htmx the model's fields
 and the price update in place and a submit answers with a fresh form plus the new task's card.
-Charging happens only in services.submit_task. Uploaded reference images are stored in the
+Charging happens only in services.submit_task; before it, a member's submits are limited to
+SUBMIT_RATE_PER_MINUTE a minute (check_submit_rate). Uploaded reference images are stored in the
 same transaction as the task, so a refused submit leaves nothing behind, and are served to the
 gateways from an unguessable public URL (or sent inline where the gateway takes a data URI).
 """
@@ -11,6 +12,7 @@ from __future__ import annotations
 
 import secrets
 import uuid
+from datetime import timedelta
 
 from django.conf import settings
 from django.contrib import messages
@@ -21,6 +23,7 @@ from django.db import transaction
 from django.http import FileResponse, Http404, HttpRequest, HttpResponse
 from django.shortcuts import get_object_or_404, redirect, render
 from django.urls import reverse
+from django.utils import timezone
 from django.views.decorators.http import (
     require_GET,
     require_http_methods,
@@ -28,6 +31,7 @@ from django.views.decorators.http import (
     require_safe,
 )
 
+from accounts.ledger import lock_user
 from generations import services
 from generations.cards import with_timing
 from generations.forms import (
@@ -201,6 +205,7 @@ def submit(user, form: CreateForm) -> tuple[Task, bool]:
         # One transaction: the job that sends the task is enqueued on commit, by which time the
         # reference images it points at are stored.
         with transaction.atomic():
+            check_submit_rate(user, data["form_token"])
             task, created = services.submit_task(
                 user, form.generation_request(sent), key=data["key"], token=data["form_token"]
             )
@@ -226,6 +231,29 @@ def submit(user, form: CreateForm) -> tuple[Task, bool]:
             default_storage.delete(name)
         raise
     return task, created
+
+
+def check_submit_rate(user, token: uuid.UUID | None) -> None:
+    """Refuse a new submit once the member made SUBMIT_RATE_PER_MINUTE tasks in the last
+    minute, so a stuck key or a script cannot flood a gateway. Call it inside the submit's
+    transaction.
+
+    The window rolls: it counts the member's tasks created in the 60 seconds before now, from
+    the database every web process shares. Refused submits made no task, so they do not count;
+    a resent form whose token already made a task is not a new submit and passes (services
+    answers it with the first task, charging nothing).
+    """
+    if token is not None and Task.objects.filter(user=user, submit_token=token).exists():
+        return
+    # Two submits at once wait for each other here, so both cannot slip under the limit.
+    lock_user(user.pk)
+    limit = settings.SUBMIT_RATE_PER_MINUTE
+    since = timezone.now() - timedelta(minutes=1)
+    if Task.objects.filter(user=user, created_at__gt=since).count() >= limit:
+        raise services.SubmitRefused(
+            f"You have submitted {limit} tasks in the last minute, the limit; "
+            "wait a moment and submit again."
+        )
 
 
 def reference_url(token: str) -> str:
@@ -268,8 +296,13 @@ def _reuse(request: HttpRequest, value: str) -> dict:
 
 @login_not_required  # gateways fetch it; the random token is the only credential
 @require_safe
-def reference_image(request: HttpRequest, token: str) -> FileResponse:
+def reference_image(request: HttpRequest, token: str) -> HttpResponse | FileResponse:
     image = get_object_or_404(ReferenceImage, token=token)
+    if settings.S3_BUCKET:
+        # A private bucket: the gateway follows a redirect to a link signed for minutes.
+        from generations.views import signed_redirect
+
+        return signed_redirect(image.file, content_type=image.content_type)
     try:
         handle = image.file.open("rb")
     except FileNotFoundError:

@@ -5,6 +5,7 @@ is read first if present; variables already set in the environment win over it.
 """
 
 import os
+from datetime import timedelta
 from pathlib import Path
 
 from django.core.exceptions import ImproperlyConfigured
@@ -69,6 +70,7 @@ INSTALLED_APPS = [
     "django.contrib.staticfiles",
     "django_htmx",
     "django_q",
+    "axes",
     "accounts",
     "generations",
     "generations.simulator",
@@ -76,6 +78,7 @@ INSTALLED_APPS = [
 
 MIDDLEWARE = [
     "django.middleware.security.SecurityMiddleware",
+    "csp.middleware.CSPMiddleware",
     "whitenoise.middleware.WhiteNoiseMiddleware",
     "django.contrib.sessions.middleware.SessionMiddleware",
     "django.middleware.common.CommonMiddleware",
@@ -86,6 +89,8 @@ MIDDLEWARE = [
     "django.contrib.messages.middleware.MessageMiddleware",
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
     "django_htmx.middleware.HtmxMiddleware",
+    # Last, as django-axes asks: it turns a lockout into the page that explains it.
+    "axes.middleware.AxesMiddleware",
 ]
 
 ROOT_URLCONF = "omniweb.urls"
@@ -124,6 +129,27 @@ CACHES = {"default": cache_config(REDIS_URL)}
 Q_CLUSTER = q_cluster_config(REDIS_URL, workers=env_int("OMNIWEB_WORKERS", 2, minimum=1))
 
 AUTH_USER_MODEL = "accounts.User"
+AUTHENTICATION_BACKENDS = [
+    # Refuses logins for a username from an address that failed too often, before checking.
+    "accounts.backends.LoginThrottleBackend",
+    "django.contrib.auth.backends.ModelBackend",
+]
+# Login throttling: a username is locked for one client address only, so a team behind one
+# proxy or office address is never locked out together, and nobody can lock a colleague out
+# from elsewhere for longer than the cool-off.
+AXES_FAILURE_LIMIT = env_int("OMNIWEB_LOGIN_FAILURE_LIMIT", 5, minimum=1)
+AXES_COOLOFF_TIME = timedelta(minutes=env_int("OMNIWEB_LOGIN_COOLOFF_MINUTES", 15, minimum=1))
+AXES_LOCKOUT_PARAMETERS = [["username", "ip_address"]]
+AXES_RESET_ON_SUCCESS = True
+AXES_LOCKOUT_TEMPLATE = "registration/locked_out.html"
+# Behind reverse proxies every client would share the proxy's address: name how many proxies
+# append to X-Forwarded-For, and the client's own address is read from it instead.
+_PROXIES = env_int("OMNIWEB_TRUSTED_PROXY_COUNT", 0)
+if _PROXIES:
+    AXES_IPWARE_PROXY_COUNT = _PROXIES
+    AXES_IPWARE_META_PRECEDENCE_ORDER = ("HTTP_X_FORWARDED_FOR", "REMOTE_ADDR")
+# Sessions end after this many days (and on logout).
+SESSION_COOKIE_AGE = env_int("OMNIWEB_SESSION_DAYS", 14, minimum=1) * 86_400
 LOGIN_URL = "login"
 LOGIN_REDIRECT_URL = "home"
 LOGOUT_REDIRECT_URL = "login"
@@ -146,8 +172,32 @@ if STATIC_ROOT.parent == VAR_DIR:
     STATIC_ROOT.mkdir(parents=True, exist_ok=True)  # WhiteNoise warns about a missing folder
 MEDIA_URL = "/media/"
 MEDIA_ROOT = Path(env_str("MEDIA_ROOT", str(VAR_DIR / "media")))
+# S3-compatible object storage when a bucket is named; the local folder otherwise. Objects stay
+# private: members get them through Omniweb, which redirects to a link signed for minutes.
+S3_BUCKET = env_str("OMNIWEB_S3_BUCKET")
+S3_ENDPOINT_URL = env_str("OMNIWEB_S3_ENDPOINT_URL")
+S3_URL_SECONDS = env_int("OMNIWEB_S3_URL_SECONDS", 300, minimum=10)
+if S3_BUCKET:
+    DEFAULT_STORAGE = {
+        "BACKEND": "storages.backends.s3.S3Storage",
+        "OPTIONS": {
+            "bucket_name": S3_BUCKET,
+            "endpoint_url": S3_ENDPOINT_URL,
+            "region_name": env_str("OMNIWEB_S3_REGION"),
+            "access_key": env_str("OMNIWEB_S3_ACCESS_KEY_ID"),
+            "secret_key": env_str("OMNIWEB_S3_SECRET_ACCESS_KEY"),
+            "default_acl": None,  # the bucket's own policy: private
+            "querystring_auth": True,
+            "querystring_expire": S3_URL_SECONDS,
+            "file_overwrite": False,
+            # Signature version 4: what current S3-compatible services accept.
+            "signature_version": "s3v4",
+        },
+    }
+else:
+    DEFAULT_STORAGE = {"BACKEND": "django.core.files.storage.FileSystemStorage"}
 STORAGES = {
-    "default": {"BACKEND": "django.core.files.storage.FileSystemStorage"},
+    "default": DEFAULT_STORAGE,
     # Hashed, compressed files need `collectstatic`; DEBUG and tests serve from the source.
     "staticfiles": {
         "BACKEND": "django.contrib.staticfiles.storage.StaticFilesStorage"
@@ -188,6 +238,30 @@ DOWNLOAD_ALLOW_LOOPBACK = env_bool("OMNIWEB_DOWNLOAD_ALLOW_LOOPBACK", SIMULATOR_
 PUBLIC_URL = (env_str("OMNIWEB_PUBLIC_URL") or "").rstrip("/")
 WEBHOOK_RATE_PER_MINUTE = env_int("OMNIWEB_WEBHOOK_RATE_PER_MINUTE", 120, minimum=1)
 
+# Submits accepted per member per minute (a stuck key or a script can't flood a gateway).
+SUBMIT_RATE_PER_MINUTE = env_int("OMNIWEB_SUBMIT_RATE_PER_MINUTE", 20, minimum=1)
+
+# Content-Security-Policy: only this site's own scripts, styles and media (htmx is served from
+# here too), plus the object store's signed links when media live there.
+_MEDIA_SOURCES = ["'self'"] + ([S3_ENDPOINT_URL] if S3_BUCKET and S3_ENDPOINT_URL else [])
+if S3_BUCKET and not S3_ENDPOINT_URL:
+    _MEDIA_SOURCES.append("https://*.amazonaws.com")
+CONTENT_SECURITY_POLICY = {
+    "DIRECTIVES": {
+        "default-src": ["'self'"],
+        "script-src": ["'self'"],
+        "style-src": ["'self'"],
+        "img-src": [*_MEDIA_SOURCES, "data:"],
+        "media-src": _MEDIA_SOURCES,
+        "connect-src": ["'self'"],
+        "font-src": ["'self'"],
+        "object-src": ["'none'"],
+        "base-uri": ["'self'"],
+        "form-action": ["'self'"],
+        "frame-ancestors": ["'none'"],
+    }
+}
+
 # Email: printed to the console unless an SMTP server is configured.
 EMAIL_HOST = env_str("EMAIL_HOST")
 if EMAIL_HOST:
@@ -222,11 +296,18 @@ WHITENOISE_USE_FINDERS = DEBUG
 
 DEFAULT_EXCEPTION_REPORTER_FILTER = "omniweb.reporting.SecretRedactingFilter"
 
+# JSON lines in production (one object per record, for log collectors); plain text on a laptop.
+LOG_FORMAT = env_str("LOG_FORMAT", "plain" if DEBUG or RUNNING_TESTS else "json")
+if LOG_FORMAT not in ("plain", "json"):
+    raise ImproperlyConfigured(f"LOG_FORMAT must be plain or json; got {LOG_FORMAT!r}.")
 LOGGING = {
     "version": 1,
     "disable_existing_loggers": False,
-    "formatters": {"plain": {"format": "%(asctime)s %(levelname)s %(name)s: %(message)s"}},
-    "handlers": {"console": {"class": "logging.StreamHandler", "formatter": "plain"}},
+    "formatters": {
+        "plain": {"format": "%(asctime)s %(levelname)s %(name)s: %(message)s"},
+        "json": {"()": "omniweb.logs.JsonFormatter"},
+    },
+    "handlers": {"console": {"class": "logging.StreamHandler", "formatter": LOG_FORMAT}},
     "root": {"handlers": ["console"], "level": env_str("LOG_LEVEL", "INFO").upper()},
     # httpx logs every request line at INFO; a signed result URL carries its token in the query.
     "loggers": {"httpx": {"level": "WARNING"}, "httpcore": {"level": "WARNING"}},
