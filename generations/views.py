@@ -1,8 +1,9 @@
 """Member pages for tasks (list, detail, cancel, retry, result files) and the gateway webhook.
 
-Every lookup starts from the tasks the member may see, so another member's task answers 404.
-Result files are served through Django, to the task's owner only, with `nosniff`, never from a
-public media path.
+Every lookup starts from the tasks the member may see (their own and teammates' team-visible
+ones), so another member's private task answers 404. Result files are never served from a
+public media path: from local storage Django streams them with `nosniff`; from S3-compatible
+storage it redirects to a link signed for a few minutes, after the same check.
 """
 
 from __future__ import annotations
@@ -17,8 +18,10 @@ from django.contrib import messages
 from django.contrib.auth.decorators import login_not_required
 from django.core.cache import cache
 from django.core.paginator import Paginator
-from django.http import FileResponse, Http404, HttpRequest, HttpResponse
+from django.http import FileResponse, Http404, HttpRequest, HttpResponse, HttpResponseRedirect
+from django.http.response import HttpResponseBase
 from django.shortcuts import get_object_or_404, redirect, render
+from django.utils.http import content_disposition_header
 from django.views.decorators.csrf import csrf_exempt
 from django.views.decorators.http import require_GET, require_POST
 
@@ -189,24 +192,51 @@ def _open(stored) -> object:
         raise Http404("This file is no longer stored.") from None
 
 
-def result_file(request: HttpRequest, code: UUID, position: int) -> FileResponse:
+def signed_redirect(
+    stored, *, content_type: str, attachment: str | None = None
+) -> HttpResponseRedirect:
+    """With object storage: a redirect to a link to `stored` signed for S3_URL_SECONDS.
+
+    The bucket stays private; whoever was allowed here gets a link that stops working within
+    minutes. The link makes the store answer with our sniffed `content_type` and, for a
+    download, an attachment named `attachment`. The redirect itself is never cached, as the
+    link in it expires.
+    """
+    parameters = {"ResponseContentType": content_type}
+    if attachment:
+        parameters["ResponseContentDisposition"] = content_disposition_header(True, attachment)
+    url = stored.storage.url(stored.name, parameters=parameters, expire=settings.S3_URL_SECONDS)
+    response = HttpResponseRedirect(url)
+    response["Cache-Control"] = "private, no-store"
+    return response
+
+
+def result_file(request: HttpRequest, code: UUID, position: int) -> HttpResponseBase:
     result = _result(request, code, position)
     extension = result.file.name.rsplit(".", 1)[-1]
+    filename = f"omniweb-{code}-{position}.{extension}"
+    download = "download" in request.GET
+    if settings.S3_BUCKET:
+        return signed_redirect(
+            result.file, content_type=result.content_type, attachment=filename if download else None
+        )
     response = FileResponse(
         _open(result.file),
         content_type=result.content_type,
-        as_attachment="download" in request.GET,
-        filename=f"omniweb-{code}-{position}.{extension}",
+        as_attachment=download,
+        filename=filename,
     )
     response["X-Content-Type-Options"] = "nosniff"
     response["Cache-Control"] = "private, max-age=3600"
     return response
 
 
-def result_poster(request: HttpRequest, code: UUID, position: int) -> FileResponse:
+def result_poster(request: HttpRequest, code: UUID, position: int) -> HttpResponseBase:
     result = _result(request, code, position)
     if not result.poster:
         raise Http404("This result has no poster.")
+    if settings.S3_BUCKET:
+        return signed_redirect(result.poster, content_type="image/jpeg")
     response = FileResponse(_open(result.poster), content_type="image/jpeg")
     response["X-Content-Type-Options"] = "nosniff"
     response["Cache-Control"] = "private, max-age=3600"
