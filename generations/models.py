@@ -286,6 +286,17 @@ class Task(models.Model):
                 name="gallery_newest_first",
                 condition=models.Q(state="succeeded", visibility="team", deleted_at__isnull=True),
             ),
+            # A member's own tasks, newest first: My tasks, Create's recent cards, the submit
+            # rate limit.
+            models.Index(fields=["user", "-created_at"], name="task_user_newest"),
+            # /healthz and stuck_tasks read only the few active rows of a large table.
+            models.Index(
+                fields=["created_at"],
+                name="active_tasks_by_age",
+                condition=models.Q(
+                    state__in=["queued", "submitted", "running", "fetching", "needs_review"]
+                ),
+            ),
         ]
 
     def __str__(self) -> str:

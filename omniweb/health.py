@@ -1,14 +1,18 @@
-"""`GET /healthz`: is the database up, is the broker reachable, is a worker alive?
+"""`GET /healthz`: is the database up, is the broker reachable, is a worker alive, are tasks
+moving?
 
 Load balancers and the run command read it. It answers 200 whenever the database answers, so a
-dead worker shows up in the body (for people and monitors) without taking the site out of a
-load balancer that can still serve pages.
+dead worker or a pile of stuck tasks shows up in the body (for people and monitors) without
+taking the site out of a load balancer that can still serve pages.
 """
 
 import logging
+from datetime import datetime, timedelta
 
+from django.conf import settings
 from django.contrib.auth.decorators import login_not_required
 from django.db import connection
+from django.db.models import Count, Min, Q
 from django.http import JsonResponse
 from django.utils import timezone
 from django.views.decorators.cache import never_cache
@@ -17,7 +21,19 @@ from django_q.brokers import get_broker
 from django_q.conf import Conf
 from django_q.status import Stat
 
+from generations.models import Task
+
 logger = logging.getLogger(__name__)
+
+
+def past_deadline(now: datetime, older_than: timedelta | None = None) -> Q:
+    """Tasks past their deadline at `now`: their own `deadline_at`, or for a task without one,
+    TASK_DEADLINE_MINUTES after it was created. With `older_than`, simply every task created
+    longer ago than that. Combine with `Task.objects.active()`: ended tasks are never stuck."""
+    if older_than is not None:
+        return Q(created_at__lt=now - older_than)
+    default = now - timedelta(minutes=settings.TASK_DEADLINE_MINUTES)
+    return Q(deadline_at__lt=now) | Q(deadline_at__isnull=True, created_at__lt=default)
 
 
 def database_status() -> dict:
@@ -62,6 +78,26 @@ def worker_status() -> dict:
     }
 
 
+def task_status() -> dict:
+    """Active tasks, the age of the oldest and how many are past their deadline: one query."""
+    now = timezone.now()
+    try:
+        counts = Task.objects.active().aggregate(
+            active=Count("pk"),
+            oldest=Min("created_at"),
+            stuck=Count("pk", filter=past_deadline(now)),
+        )
+    except Exception as exc:
+        logger.warning("health: task check failed: %s", exc)
+        return {"error": exc.__class__.__name__}
+    oldest = counts["oldest"]
+    return {
+        "active": counts["active"],
+        "oldest_active_seconds": max(0, int((now - oldest).total_seconds())) if oldest else None,
+        "stuck": counts["stuck"],
+    }
+
+
 @login_not_required
 @require_GET
 @never_cache
@@ -73,5 +109,6 @@ def healthz(request):
         "database": database,
         "broker": broker_status(),
         "worker": worker_status(),
+        "tasks": task_status() if database["ok"] else {"error": "database unavailable"},
     }
     return JsonResponse(body, status=200 if database["ok"] else 503)

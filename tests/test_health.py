@@ -1,19 +1,25 @@
-"""`/healthz`: database, broker and worker status, as monitors and the run command read them."""
+"""`/healthz`: database, broker, worker and task status, as monitors and the run command read
+them."""
 
 import subprocess
 import sys
 import time
+from datetime import timedelta
 
 import pytest
 from django.conf import settings
 from django.db import OperationalError, connection
+from django.utils import timezone
 from django_q.brokers import get_broker
 from django_q.conf import Conf
 from django_q.signing import SignedPackage
 from django_q.status import Stat, Status
 from django_q.tasks import async_task, result
 
+from generations.models import Task
+from omniweb.health import task_status
 from tests.helpers import child_environment, wait_for
+from tests.test_ops import task_row
 
 
 def heartbeat(cluster_id: str, status, seconds: int) -> None:
@@ -75,6 +81,69 @@ def test_health_answers_503_when_the_database_is_down(client, monkeypatch):
     assert response.status_code == 503
     assert response.json()["status"] == "error"
     assert response.json()["database"] == {"ok": False, "error": "OperationalError"}
+    assert response.json()["tasks"] == {"error": "database unavailable"}
+
+
+@pytest.mark.django_db
+def test_health_reports_no_tasks_when_none_is_active(client, alice):
+    Task.objects.bulk_create(
+        [task_row(alice, state=state) for state in Task.TERMINAL_STATES]  # ended: not counted
+    )
+    tasks = client.get("/healthz").json()["tasks"]
+    assert tasks == {"active": 0, "oldest_active_seconds": None, "stuck": 0}
+
+
+@pytest.mark.django_db
+def test_health_counts_active_tasks_the_oldest_and_those_past_their_deadline(
+    client, alice, settings
+):
+    settings.TASK_DEADLINE_MINUTES = 30
+    now = timezone.now()
+
+    def ago(minutes: float):
+        return now - timedelta(minutes=minutes)
+
+    Task.objects.bulk_create(
+        [
+            # Active, deadline ahead: not stuck.
+            task_row(alice, state="running", created_at=ago(5), deadline_at=ago(-25)),
+            # Active, past its own deadline: stuck.
+            task_row(alice, state="queued", created_at=ago(40), deadline_at=ago(10)),
+            task_row(alice, state="needs_review", created_at=ago(90), deadline_at=ago(60)),
+            # Active without a deadline: stuck once older than TASK_DEADLINE_MINUTES.
+            task_row(alice, state="submitted", created_at=ago(31)),
+            task_row(alice, state="fetching", created_at=ago(29)),
+            # Ended long ago, past any deadline: neither active nor stuck.
+            task_row(alice, state="succeeded", created_at=ago(600), deadline_at=ago(570)),
+            task_row(alice, state="failed", created_at=ago(900)),
+        ]
+    )
+    response = client.get("/healthz")
+
+    assert response.status_code == 200
+    tasks = response.json()["tasks"]
+    assert tasks["active"] == 5
+    assert tasks["stuck"] == 3
+    assert 90 * 60 <= tasks["oldest_active_seconds"] <= 90 * 60 + 30
+
+
+@pytest.mark.django_db
+def test_health_reads_the_tasks_in_one_query(alice, django_assert_num_queries):
+    Task.objects.bulk_create([task_row(alice, state="running") for _ in range(50)])
+    with django_assert_num_queries(1):
+        tasks = task_status()
+    assert tasks["active"] == 50
+
+
+@pytest.mark.django_db
+def test_health_stays_200_when_the_task_check_fails(client, monkeypatch):
+    def broken(*args, **kwargs):
+        raise OperationalError("no such table")
+
+    monkeypatch.setattr(Task.objects, "active", broken)
+    response = client.get("/healthz")
+    assert response.status_code == 200
+    assert response.json()["tasks"] == {"error": "OperationalError"}
 
 
 @pytest.mark.slow

@@ -1,0 +1,85 @@
+"""gunicorn settings for serving Omniweb in production: `gunicorn omniweb.wsgi -c gunicorn.conf.py`.
+
+Meant to run behind a reverse proxy that terminates TLS (docs/deploy.md). Read from the
+environment: OMNIWEB_BIND (address:port or unix:/path, default 127.0.0.1:8000), WEB_CONCURRENCY
+(worker processes, default 2 per core plus one, at most 8) and FORWARDED_ALLOW_IPS (addresses of
+the proxies whose X-Forwarded-* headers are believed, default 127.0.0.1). A bad number stops
+start-up with a message naming the variable.
+"""
+
+import os
+import re
+
+from gunicorn.glogging import Logger
+
+
+def _cores() -> int:
+    if hasattr(os, "sched_getaffinity"):  # the cores this process may use, not the machine's
+        return len(os.sched_getaffinity(0))
+    return os.cpu_count() or 1
+
+
+def _whole_number(name: str, default: int) -> int:
+    raw = os.environ.get(name, "").strip()
+    if not raw:
+        return default
+    try:
+        value = int(raw)
+    except ValueError:
+        raise SystemExit(f"{name} must be a whole number; got {raw!r}.") from None
+    if value < 1:
+        raise SystemExit(f"{name} must be at least 1; got {value}.")
+    return value
+
+
+bind = [os.environ.get("OMNIWEB_BIND", "").strip() or "127.0.0.1:8000"]
+workers = _whole_number("WEB_CONCURRENCY", min(2 * _cores() + 1, 8))
+# Threads let a process answer other requests while one streams a result file or waits on the
+# database; each thread keeps its own database connection.
+worker_class = "gthread"
+threads = 4
+timeout = 60
+graceful_timeout = 30
+keepalive = 5
+# Recycle each process after about a thousand requests, staggered so they never all restart
+# at once, which bounds any slow memory growth.
+max_requests = 1000
+max_requests_jitter = 100
+# Each worker imports Django itself: a restart picks up new code in every process, and no
+# database connection opened at import time is shared across a fork.
+preload_app = False
+forwarded_allow_ips = os.environ.get("FORWARDED_ALLOW_IPS", "").strip() or "127.0.0.1"
+# Stopped and reloaded with signals (systemd, docs/deploy.md); gunicorn 27's control socket would
+# otherwise be created in the service user's home directory.
+control_socket_disable = True
+# The heartbeat file on a memory file system, so a slow disk never makes a worker look dead.
+if os.path.isdir("/dev/shm"):
+    worker_tmp_dir = "/dev/shm"
+
+# Access log on stdout, gunicorn's own messages on stderr. The path is logged without its query
+# string (%(U)s, never %(r)s or %(q)s), and the referrer not at all: signed result links and
+# search words travel in query strings. The few paths that carry a token of their own (webhooks,
+# reference images for gateways, password-reset links) are logged with the token cut out.
+PATH_TOKENS = [
+    re.compile(r"^(/hooks/)[^/]+"),
+    re.compile(r"^(/ref/)[^/]+"),
+    re.compile(r"^(/accounts/reset/[^/]+/)(?!set-password/)[^/]+"),
+]
+
+
+class RedactingLogger(Logger):
+    def atoms(self, resp, req, environ, request_time):
+        atoms = super().atoms(resp, req, environ, request_time)
+        path = atoms.get("U") or ""
+        for pattern in PATH_TOKENS:
+            path = pattern.sub(r"\1[redacted]", path)
+        atoms["U"] = path
+        return atoms
+
+
+logger_class = RedactingLogger
+accesslog = "-"
+errorlog = "-"
+access_log_format = (
+    '%(h)s "%({x-forwarded-for}i)s" %(t)s "%(m)s %(U)s %(H)s" %(s)s %(B)s %(M)sms "%(a)s"'
+)
