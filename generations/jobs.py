@@ -29,6 +29,7 @@ from datetime import timedelta
 from django.conf import settings
 from django.core.cache import cache
 from django.db import connections
+from django.db.utils import InterfaceError, OperationalError
 from django.utils import timezone
 from django_q.tasks import async_task
 
@@ -40,6 +41,8 @@ SCHEDULE_NAME = "omniweb-dispatcher"
 TICK_SECONDS = 0.5
 # A running dispatcher refreshes its baton every tick; a dead one's expires this fast.
 BATON_SECONDS = 30
+# What a lost database connection raises; the dispatcher reconnects instead of ending its run.
+DATABASE_ERRORS = (OperationalError, InterfaceError)
 
 
 def baton(name: str) -> str:
@@ -125,6 +128,7 @@ def dispatch(name: str = "d0", seconds: float | None = None) -> str:
     busy: Counter = Counter()
     worked = 0
     handed_over = False
+    database_errors = 0
     cache.set(baton(name), run_id, timeout=BATON_SECONDS)
 
     def run(pk: int) -> None:
@@ -135,17 +139,32 @@ def dispatch(name: str = "d0", seconds: float | None = None) -> str:
 
     with ThreadPoolExecutor(concurrency, thread_name_prefix="omniweb-dispatch") as pool:
         while time.monotonic() < stop_at:
-            holder = cache.get(baton(name))
-            if holder not in (None, run_id):
-                handed_over = True
-                break
-            cache.set(baton(name), run_id, timeout=BATON_SECONDS)
-            free = concurrency - len(in_flight)
             leased = []
-            if free:
-                leased = Task.objects.lease_due(
-                    owner, limit=free, per_key=settings.PER_KEY_CONCURRENCY, busy_keys=busy
+            try:
+                holder = cache.get(baton(name))
+                if holder not in (None, run_id):
+                    handed_over = True
+                    break
+                cache.set(baton(name), run_id, timeout=BATON_SECONDS)
+                free = concurrency - len(in_flight)
+                if free:
+                    leased = Task.objects.lease_due(
+                        owner, limit=free, per_key=settings.PER_KEY_CONCURRENCY, busy_keys=busy
+                    )
+                database_errors = 0
+            except DATABASE_ERRORS:
+                # The database went away (a restart, a failover). Ending the run here would
+                # leave polling to the once-a-minute schedule after the baton expires; instead
+                # drop this thread's broken connection and try again, backing off to 5 s.
+                database_errors += 1
+                logger.warning(
+                    "event=dispatch_database_error name=%s errors=%s",
+                    name,
+                    database_errors,
+                    exc_info=database_errors == 1,
                 )
+                connections.close_all()  # this thread's connection only
+                time.sleep(min(TICK_SECONDS * 2**database_errors, 5.0))
             for pk, key_id in leased:
                 busy[key_id] += 1
                 in_flight[pool.submit(run, pk)] = key_id

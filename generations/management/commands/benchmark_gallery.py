@@ -121,6 +121,45 @@ def create_gallery(users: list, count: int, *, favourites_of=None) -> list[Task]
     return tasks
 
 
+def measuring_settings(urlconf: str) -> override_settings:
+    """The settings pages are timed with: `urlconf` (the site's URLs plus bare views), the test
+    client's host allowed, static URLs built without a collectstatic manifest."""
+    return override_settings(
+        ROOT_URLCONF=urlconf,
+        ALLOWED_HOSTS=[*settings.ALLOWED_HOSTS, "testserver"],
+        STORAGES={
+            **settings.STORAGES,
+            "staticfiles": {"BACKEND": "django.contrib.staticfiles.storage.StaticFilesStorage"},
+        },
+    )
+
+
+def time_page(client: Client, url: str, repeat: int) -> tuple[str, tuple[float, float, int]]:
+    """The page's text and (median ms, p95 ms, queries) of `repeat` timed GETs, after one
+    counted and one warming GET."""
+    with CaptureQueriesContext(connection) as queries:
+        response = client.get(url, secure=True)
+    # Counted now: every request that follows empties the connection's query log.
+    query_count = len(queries)
+    if response.status_code != 200:
+        raise CommandError(f"GET {url} answered {response.status_code}.")
+    client.get(url, secure=True)
+    samples = []
+    for _ in range(repeat):
+        start = time.perf_counter()
+        response = client.get(url, secure=True)
+        samples.append((time.perf_counter() - start) * 1000)
+    body = response.content.decode()
+    return body, (statistics.median(samples), p95(samples), query_count)
+
+
+def same_results(gallery_body: str, bare_body: str) -> bool:
+    """Whether the gallery page shows every prompt the bare page lists: the comparison is fair
+    only if both list the same results."""
+    prompts = [item.split("</li>")[0] for item in bare_body.split("<li>")[1:]]
+    return bool(prompts) and all(prompt in gallery_body for prompt in prompts)
+
+
 def p95(samples: list[float]) -> float:
     """The nearest-rank 95th percentile."""
     ordered = sorted(samples)
@@ -146,19 +185,7 @@ class Command(BaseCommand):
             raise CommandError(f"--results must be above {PAGE_SIZE * 2} and at most 1,000,000.")
         if not 1 <= repeat <= 10_000:
             raise CommandError("--repeat must be 1 to 10,000.")
-        with (
-            throwaway_database(self.stdout),
-            override_settings(
-                ROOT_URLCONF=__name__,
-                ALLOWED_HOSTS=[*settings.ALLOWED_HOSTS, "testserver"],
-                STORAGES={
-                    **settings.STORAGES,
-                    "staticfiles": {
-                        "BACKEND": "django.contrib.staticfiles.storage.StaticFilesStorage"
-                    },
-                },
-            ),
-        ):
+        with throwaway_database(self.stdout), measuring_settings(__name__):
             self.measure(results, repeat)
 
     def measure(self, count: int, repeat: int) -> None:
@@ -194,12 +221,10 @@ class Command(BaseCommand):
             f"{'gallery/bare':>14}"
         )
         for name, gallery_url, bare_url in pages:
-            gallery_body, gallery_figures = self.time_page(client, gallery_url, repeat)
-            bare_body, bare_figures = self.time_page(client, bare_url, repeat)
-            # The comparison is fair only if both list the same results.
-            for prompt in bare_body.split("<li>")[1:]:
-                if prompt.split("</li>")[0] not in gallery_body:
-                    raise CommandError(f"The {name} pages do not list the same results.")
+            gallery_body, gallery_figures = time_page(client, gallery_url, repeat)
+            bare_body, bare_figures = time_page(client, bare_url, repeat)
+            if not same_results(gallery_body, bare_body):
+                raise CommandError(f"The {name} pages do not list the same results.")
             ratio = gallery_figures[0] / bare_figures[0]
             self.stdout.write(self.row(name, "gallery", gallery_figures) + f"{ratio:>13.1f}x")
             self.stdout.write(self.row(name, "bare", bare_figures))
@@ -209,20 +234,3 @@ class Command(BaseCommand):
     def row(page: str, view: str, figures: tuple[float, float, int]) -> str:
         median, high, queries = figures
         return f"{page:<8}{view:<10}{median:>11.2f}{high:>10.2f}{queries:>9}"
-
-    def time_page(self, client: Client, url: str, repeat: int) -> tuple[str, tuple]:
-        """The page's text and (median ms, p95 ms, queries) of `repeat` timed GETs."""
-        with CaptureQueriesContext(connection) as queries:
-            response = client.get(url, secure=True)
-        # Counted now: every request that follows empties the connection's query log.
-        query_count = len(queries)
-        if response.status_code != 200:
-            raise CommandError(f"GET {url} answered {response.status_code}.")
-        client.get(url, secure=True)
-        samples = []
-        for _ in range(repeat):
-            start = time.perf_counter()
-            response = client.get(url, secure=True)
-            samples.append((time.perf_counter() - start) * 1000)
-        body = response.content.decode()
-        return body, (statistics.median(samples), p95(samples), query_count)

@@ -1,0 +1,1 @@
+"""A load generator for a running Omniweb: simulated members using the site over HTTP."""
