@@ -329,8 +329,10 @@ class CreateForm(forms.Form):
         ):
             self.add_error("reference_files", PUBLIC_URL_NEEDED)
         # The catalog's own checks, with its words, for the fields that are otherwise fine.
-        placeholders = tuple("data:image/png;base64," for _ in images)
-        request = catalog.with_defaults(self.generation_request(placeholders))
+        # Uploads become addresses only once the task is paid for; until then one stand-in per
+        # image lets the catalog check how many this model accepts.
+        stand_ins = tuple("data:image/png;base64," for _ in images)
+        request = catalog.with_defaults(self.generation_request(stand_ins))
         for name, messages in catalog.validate(request).items():
             if name == "reference_images":
                 if self.has_image_errors:

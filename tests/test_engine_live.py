@@ -238,7 +238,7 @@ class Stub:
 
         class Handler(BaseHTTPRequestHandler):
             def log_message(self, *args):
-                pass
+                """Quiet: the stub's request lines would bury the test's output."""
 
             def reply(self, body: bytes, content_type="application/json", status=200):
                 self.send_response(status)
