@@ -21,6 +21,7 @@ from django.utils.html import escape, format_html
 from django.views.decorators.debug import sensitive_post_parameters, sensitive_variables
 
 from accounts import ledger
+from accounts.forms import checked_base_url
 from accounts.models import LedgerEntry, ProviderKey, Quota, TeamQuota, User
 from generations import providers
 from generations.models import Task
@@ -471,6 +472,9 @@ class ProviderKeyAdminForm(forms.ModelForm):
                 f"Leave empty to keep the current key ({self.instance.masked}); paste a new one "
                 "to replace it."
             )
+
+    def clean_base_url(self) -> str:
+        return checked_base_url(self.cleaned_data["base_url"])
 
     @sensitive_variables("secret")
     def clean_secret(self) -> str:

@@ -7,7 +7,7 @@ re-shown after a mistake asks for the secret again instead of echoing it.
 from django import forms
 
 from accounts.models import ProviderKey, User, validate_secret
-from generations import providers
+from generations import outbound, providers
 
 
 class ProfileForm(forms.ModelForm):
@@ -25,7 +25,8 @@ def gateway_needs_base_url(provider_id: str) -> bool:
 
 BASE_URL_HELP = (
     "Leave empty to use the gateway's public address. Omni Video has none: it runs on your own "
-    "site, so enter that site's address, e.g. https://video.example.com."
+    "site, so enter that site's address, e.g. https://video.example.com. An address on a "
+    "private network works only once an administrator allows it."
 )
 SECRET_HELP = (
     "Paste the key exactly as the gateway gave it. Once saved, only its last four characters "
@@ -47,6 +48,14 @@ def secret_field(label: str) -> forms.CharField:
     )
 
 
+def checked_base_url(url: str) -> str:
+    """`url`, unless gateway calls to it would be refused for its address (RELIABILITY 27):
+    a private or local network that OMNIWEB_GATEWAY_ALLOWED_HOSTS does not allow."""
+    if url and (problem := outbound.gateway_address_problem(url)):
+        raise forms.ValidationError(problem, code="address_refused")
+    return url
+
+
 class KeyDetailsForm(forms.ModelForm):
     """Label and base URL, shared by adding and editing a key."""
 
@@ -63,6 +72,9 @@ class KeyDetailsForm(forms.ModelForm):
 
     def provider_id(self) -> str:
         return self.instance.provider
+
+    def clean_base_url(self) -> str:
+        return checked_base_url(self.cleaned_data["base_url"])
 
     def clean(self):
         cleaned = super().clean()

@@ -7,9 +7,11 @@ connect, how much we read and what the bytes are.
 
 What it promises:
 
-- It only talks to globally routable addresses, checked on every redirect hop, and connects to
-  the very address it checked (no second DNS lookup that could be rebound to an internal one).
-  Loopback is allowed only with ``DOWNLOAD_ALLOW_LOOPBACK``, for the demo's local simulator.
+- It only talks to addresses the outbound policy allows (generations/outbound.py: globally
+  routable ones, and what an administrator allowed), checked on every redirect hop, and
+  connects to the very address it checked (no second DNS lookup that could be rebound to an
+  internal one). Loopback is also allowed with ``DOWNLOAD_ALLOW_LOOPBACK``, for the demo's local
+  simulator.
 - It reads at most ``DOWNLOAD_MAX_BYTES`` within ``DOWNLOAD_SECONDS``, streaming to a temporary
   file, never into memory.
 - It stores only what it recognises from the bytes themselves (MP4/MOV/WebM/Matroska videos;
@@ -36,14 +38,11 @@ from __future__ import annotations
 
 import contextlib
 import io
-import ipaddress
 import logging
 import os
 import secrets
-import socket
 import tempfile
 import time
-from collections.abc import Callable
 from dataclasses import dataclass
 from typing import BinaryIO
 
@@ -56,10 +55,10 @@ from django.core.files.storage import Storage, default_storage
 from django.utils import timezone
 from PIL import ExifTags, Image, ImageOps
 
-logger = logging.getLogger(__name__)
+from generations import outbound
+from generations.outbound import IPAddress, Resolver
 
-IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
-Resolver = Callable[[str, int], list[str]]
+logger = logging.getLogger(__name__)
 
 MAX_REDIRECTS = 5
 REDIRECT_STATUSES = frozenset({301, 302, 303, 307, 308})
@@ -73,8 +72,6 @@ HEAD_BYTES = 512
 CONNECT_SECONDS = 10.0
 MIB = 1024 * 1024
 
-# NAT64 gateways translate these to the IPv4 address in the low 32 bits.
-_NAT64 = ipaddress.IPv6Network("64:ff9b::/96")
 # ISO-BMFF brands of still images (HEIF, AVIF): an `ftyp` box, but not a video.
 _IMAGE_BRANDS = frozenset({b"heic", b"heix", b"heim", b"heis", b"mif1", b"msf1", b"avif", b"avis"})
 _PILLOW_FORMATS = {"png": "PNG", "jpg": "JPEG", "webp": "WEBP", "gif": "GIF"}
@@ -144,7 +141,7 @@ def fetch_result(
     if kind not in ("video", "image"):
         raise ValueError(f"kind must be 'video' or 'image', not {kind!r}")
     storage = default_storage if storage is None else storage
-    resolve = _getaddrinfo if resolve is None else resolve
+    resolve = outbound.resolve_host if resolve is None else resolve
     deadline = time.monotonic() + _budget_seconds()
     try:
         parsed = httpx.URL(url)
@@ -206,74 +203,32 @@ def _loopback_allowed() -> bool:
 
 # Addresses
 
-
-def _getaddrinfo(host: str, port: int) -> list[str]:
-    infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
-    return [info[4][0] for info in infos]
-
-
-def _unwrap(ip: IPAddress) -> IPAddress:
-    # ::ffff:a.b.c.d is the IPv4 host a.b.c.d; judge (and connect to) that.
-    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
-        return ip.ipv4_mapped
-    return ip
-
-
-def _is_public(ip: IPAddress) -> bool:
-    # Python 3.11 counts multicast and some reserved ranges as "global"; we want neither.
-    if not ip.is_global or ip.is_multicast or ip.is_reserved:
-        return False
-    if isinstance(ip, ipaddress.IPv6Address):
-        # 6to4 and NAT64 addresses lead to the IPv4 address they embed.
-        embedded = ip.sixtofour
-        if ip in _NAT64:
-            embedded = ipaddress.IPv4Address(int(ip) & 0xFFFFFFFF)
-        if embedded is not None:
-            return _is_public(embedded)
-    return True
-
-
-def _is_allowed(ip: IPAddress) -> bool:
-    if ip.is_loopback:
-        return _loopback_allowed()
-    return _is_public(ip)
+_UNRESOLVED = {
+    "no_host": "The result link has no host name.",
+    "lookup_failed": "The result link's host name could not be looked up.",
+    "no_address": "The result link's host name has no address.",
+    "not_an_address": "The result link's host name resolved to something that is not an address.",
+}
 
 
 def _checked_addresses(url: httpx.URL, resolve: Resolver) -> list[IPAddress]:
     """The addresses of `url`'s host, all of them allowed, or FetchFailed."""
-    host = url.raw_host.decode("ascii")
-    if not host:
-        raise FetchFailed("The result link has no host name.", retryable=False)
+    port = url.port or (443 if url.scheme == "https" else 80)
     try:
-        found = [ipaddress.ip_address(host)]
-    except ValueError:
-        try:
-            answers = resolve(host, url.port or (443 if url.scheme == "https" else 80))
-        except OSError as exc:
-            logger.info("Could not resolve %s: %s", host, exc)
-            raise FetchFailed(
-                "The result link's host name could not be looked up.", retryable=True
-            ) from None
-        try:
-            found = [ipaddress.ip_address(answer) for answer in answers]
-        except ValueError:
-            raise FetchFailed(
-                "The result link's host name resolved to something that is not an address.",
-                retryable=False,
-            ) from None
-    if not found:
-        raise FetchFailed("The result link's host name has no address.", retryable=True)
-    addresses = list(dict.fromkeys(_unwrap(ip) for ip in found))
-    # One bad answer is enough to refuse: with round-robin DNS we cannot promise to avoid it.
-    refused = [str(ip) for ip in addresses if not _is_allowed(ip)]
-    if refused:
-        logger.warning("Refused %s: it resolves to %s", host, ", ".join(refused))
+        return outbound.checked_addresses(
+            url.raw_host.decode("ascii"),
+            port,
+            resolve=resolve,
+            allow_loopback=_loopback_allowed(),
+        )
+    except outbound.Unresolved as exc:
+        raise FetchFailed(_UNRESOLVED[exc.reason], retryable=exc.retryable) from None
+    except outbound.AddressRefused:
         raise FetchFailed(
             "The result link points to a private or local network address; "
             "Omniweb only downloads results from the public internet.",
             retryable=False,
-        )
-    return addresses
+        ) from None
 
 
 # HTTP
@@ -346,56 +301,23 @@ def _send(
     client: httpx.Client, url: httpx.URL, addresses: list[IPAddress], deadline: float
 ) -> httpx.Response:
     """GET `url` from the first of its checked `addresses` that accepts a connection."""
+
+    def timeout() -> httpx.Timeout:
+        left = _remaining(deadline)
+        return httpx.Timeout(left, connect=min(left, CONNECT_SECONDS))
+
     headers = {
-        # The request goes to an IP; the server still needs the name it serves.
-        "Host": url.netloc.decode("ascii"),
         # Counting bytes is only meaningful if they are not compressed on the wire.
         "Accept-Encoding": "identity",
-        # Connections are pooled by IP; never let another hostname reuse this TLS session.
-        "Connection": "close",
         "User-Agent": "Omniweb",
     }
-    # TLS must still verify the certificate against the hostname, not the IP.
-    extensions = {"sni_hostname": url.raw_host.decode("ascii")} if url.scheme == "https" else {}
-    for index, address in enumerate(addresses):
-        left = _remaining(deadline)
-        request = client.build_request(
-            "GET",
-            url.copy_with(host=str(address)),
-            headers=headers,
-            extensions=extensions,
-            timeout=httpx.Timeout(left, connect=min(left, CONNECT_SECONDS)),
-        )
-        try:
-            response = client.send(request, stream=True, follow_redirects=False)
-        except httpx.ConnectError:
-            if index == len(addresses) - 1:
-                raise
-            continue
-        _check_peer(response, address, url.host)
-        return response
-    raise AssertionError("unreachable: addresses is never empty")
-
-
-def _check_peer(response: httpx.Response, address: IPAddress, host: str) -> None:
-    # Belt and braces: the socket we actually read from must lead to the address we checked.
-    stream = response.extensions.get("network_stream")
-    if stream is None:
-        return
     try:
-        peer = stream.get_extra_info("server_addr")
-    except (AttributeError, OSError):
-        return
-    if not peer:
-        return
-    connected = _unwrap(ipaddress.ip_address(peer[0]))
-    if connected != address:
-        response.close()
-        logger.warning("Refused %s: connected to %s instead of %s", host, connected, address)
+        return outbound.send_to_checked(client, url, addresses, headers=headers, timeout=timeout)
+    except outbound.PeerMismatch:
         raise FetchFailed(
             "The result link led to a different network address than the one checked.",
             retryable=False,
-        )
+        ) from None
 
 
 def _check_status(response: httpx.Response) -> None:

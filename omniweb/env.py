@@ -5,7 +5,9 @@ typo in a deployment stops the process at start-up instead of surfacing later as
 The builders at the bottom take plain values so tests can check them without reloading settings.
 """
 
+import ipaddress
 import os
+import re
 import secrets
 from collections.abc import Callable, Mapping
 from pathlib import Path
@@ -160,3 +162,40 @@ def encryption_keys(raw: list[str]) -> list[str]:
                 "cryptography.fernet import Fernet; print(Fernet.generate_key().decode())'`)."
             ) from None
     return raw
+
+
+_HOST_LABEL = re.compile(r"(?!-)[a-z0-9-]{1,63}(?<!-)")
+
+
+def gateway_allowed_hosts(raw: list[str]) -> list[str]:
+    """Validate OMNIWEB_GATEWAY_ALLOWED_HOSTS: host names, addresses or CIDR ranges that outbound
+    requests may reach although they are private. Returns them normalised (lower-case names,
+    ranges as a.b.c.d/n)."""
+    allowed = []
+    for entry in raw:
+        text = entry.strip().lower()
+        bare = text[1:-1] if text.startswith("[") and text.endswith("]") else text
+        try:
+            allowed.append(str(ipaddress.ip_network(bare)))
+            continue
+        except ValueError as exc:
+            problem = str(exc)
+        name = bare.removesuffix(".")
+        labels = name.split(".")
+        looks_numeric = all(label.isdigit() for label in labels)
+        if (
+            "/" in bare
+            or ":" in bare
+            or looks_numeric
+            or len(name) > 253
+            or not all(_HOST_LABEL.fullmatch(label) for label in labels)
+        ):
+            looks_like_range = "/" in bare and "://" not in bare
+            detail = f" ({problem})" if looks_like_range or looks_numeric else ""
+            raise ImproperlyConfigured(
+                f"OMNIWEB_GATEWAY_ALLOWED_HOSTS: {entry!r} is neither a host name nor an address "
+                f"or CIDR range{detail}. Give host names (video.internal), addresses (10.0.0.5) "
+                "or ranges (10.0.0.0/24), comma-separated, without schemes or ports."
+            )
+        allowed.append(name)
+    return allowed

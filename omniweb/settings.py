@@ -20,6 +20,7 @@ from omniweb.env import (
     env_int,
     env_list,
     env_str,
+    gateway_allowed_hosts,
     q_cluster_config,
 )
 
@@ -143,11 +144,11 @@ AXES_LOCKOUT_PARAMETERS = [["username", "ip_address"]]
 AXES_RESET_ON_SUCCESS = True
 AXES_LOCKOUT_TEMPLATE = "registration/locked_out.html"
 # Behind reverse proxies every client would share the proxy's address: name how many proxies
-# append to X-Forwarded-For, and the client's own address is read from it instead.
-_PROXIES = env_int("OMNIWEB_TRUSTED_PROXY_COUNT", 0)
-if _PROXIES:
-    AXES_IPWARE_PROXY_COUNT = _PROXIES
-    AXES_IPWARE_META_PRECEDENCE_ORDER = ("HTTP_X_FORWARDED_FOR", "REMOTE_ADDR")
+# append to X-Forwarded-For, and exactly that many entries of it, counted from the right, are
+# believed (omniweb/clientip.py, RELIABILITY 32). Login throttling, the webhook and password
+# reset limits and our log lines all ask that one function.
+TRUSTED_PROXY_COUNT = env_int("OMNIWEB_TRUSTED_PROXY_COUNT", 0)
+AXES_CLIENT_IP_CALLABLE = "omniweb.clientip.client_address"
 # Sessions end after this many days (and on logout).
 SESSION_COOKIE_AGE = env_int("OMNIWEB_SESSION_DAYS", 14, minimum=1) * 86_400
 LOGIN_URL = "login"
@@ -216,8 +217,14 @@ SIMULATOR_SECONDS = env_int("OMNIWEB_SIMULATOR_SECONDS", 20, minimum=1)
 # after the final limit is failed and refunded.
 TASK_DEADLINE_MINUTES = env_int("OMNIWEB_TASK_DEADLINE_MINUTES", 30, minimum=1)
 TASK_FINAL_LIMIT_HOURS = env_int("OMNIWEB_TASK_FINAL_LIMIT_HOURS", 48, minimum=1)
-# How long a gateway may take to answer one request (connecting gets 5 seconds).
+# How long one gateway request may take in all: connecting (at most 5 seconds of it), sending,
+# and reading the whole answer. Omixa's calls get its wait_seconds on top.
 GATEWAY_TIMEOUT_SECONDS = env_int("OMNIWEB_GATEWAY_TIMEOUT_SECONDS", 30, minimum=1)
+# Gateway calls and result downloads reach only public addresses (generations/outbound.py),
+# except these host names, addresses and CIDR ranges: e.g. a self-hosted Omni Video on a private
+# network. While the simulator is on, its own address (OMNIWEB_PUBLIC_URL's host and port) is
+# allowed too.
+GATEWAY_ALLOWED_HOSTS = gateway_allowed_hosts(env_list("OMNIWEB_GATEWAY_ALLOWED_HOSTS"))
 # Polls start from the gateway's advice and grow towards this cap; errors back off towards the
 # error cap; tasks in review are re-checked this often.
 POLL_CAP_SECONDS = env_int("OMNIWEB_POLL_CAP_SECONDS", 60, minimum=1)
@@ -230,13 +237,28 @@ DISPATCH_SECONDS = env_int("OMNIWEB_DISPATCH_SECONDS", 50, minimum=1)
 DISPATCHERS = env_int("OMNIWEB_DISPATCHERS", 1, minimum=1)
 DISPATCH_CONCURRENCY = env_int("OMNIWEB_DISPATCH_CONCURRENCY", 8, minimum=1)
 PER_KEY_CONCURRENCY = env_int("OMNIWEB_PER_KEY_CONCURRENCY", 4, minimum=1)
+# How many of a dispatcher's slots one member's tasks may hold at once.
+PER_MEMBER_CONCURRENCY = env_int("OMNIWEB_PER_MEMBER_CONCURRENCY", 4, minimum=1)
 # Result downloads: capped in size and time; loopback is allowed only for the local simulator.
 DOWNLOAD_MAX_BYTES = env_int("OMNIWEB_DOWNLOAD_MAX_MB", 500, minimum=1) * 1024 * 1024
 DOWNLOAD_SECONDS = env_int("OMNIWEB_DOWNLOAD_SECONDS", 60, minimum=1)
 DOWNLOAD_ALLOW_LOOPBACK = env_bool("OMNIWEB_DOWNLOAD_ALLOW_LOOPBACK", SIMULATOR_ENABLED)
+# Uploaded reference images: the most pixels one may have (40 megapixels decode to at most
+# 160 MB). The size is read from the file's header and a larger image is refused before it is
+# decoded. Pillow's own limit is set from it too (generations/apps.py), which also caps the
+# result images posters are made from. At least 64x64, the smallest image an upload may be.
+UPLOAD_MAX_PIXELS = env_int("OMNIWEB_UPLOAD_MAX_PIXELS", 40_000_000, minimum=64 * 64)
 # The address gateways can reach this site on, for webhooks. Without it Omniweb only polls.
 PUBLIC_URL = (env_str("OMNIWEB_PUBLIC_URL") or "").rstrip("/")
 WEBHOOK_RATE_PER_MINUTE = env_int("OMNIWEB_WEBHOOK_RATE_PER_MINUTE", 120, minimum=1)
+# Password-reset emails: at most this many per account, and reset requests per client address,
+# in each clock hour (omniweb/ratelimit.py, RELIABILITY 33).
+PASSWORD_RESETS_PER_ACCOUNT_PER_HOUR = env_int(
+    "OMNIWEB_PASSWORD_RESETS_PER_ACCOUNT_PER_HOUR", 3, minimum=1
+)
+PASSWORD_RESETS_PER_ADDRESS_PER_HOUR = env_int(
+    "OMNIWEB_PASSWORD_RESETS_PER_ADDRESS_PER_HOUR", 10, minimum=1
+)
 
 # Submits accepted per member per minute (a stuck key or a script can't flood a gateway).
 SUBMIT_RATE_PER_MINUTE = env_int("OMNIWEB_SUBMIT_RATE_PER_MINUTE", 20, minimum=1)

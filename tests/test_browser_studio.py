@@ -18,6 +18,8 @@ pytestmark = [pytest.mark.browser, pytest.mark.slow, pytest.mark.django_db(trans
 def worker(tmp_path, settings):
     settings.MEDIA_ROOT = tmp_path
     settings.SIMULATOR_SECONDS = 3
+    # The live server listens on loopback: the Keys page accepts it once it is allowed.
+    settings.GATEWAY_ALLOWED_HOSTS = ["localhost", "127.0.0.1"]
     process = Worker(tmp_path)
     yield process
     process.stop()

@@ -11,7 +11,8 @@ reason under `error.message`. The document advises a first poll after 5-10 s, th
 Errors are 400 (`invalid_request_error`, `invalid_duration`, `invalid_resolution`,
 `unsupported_image_count`), 401 `authentication_error`, 402 `payment_required` and 429
 `rate_limit_error`. The document lists these as an "error type" without showing the body; we
-read it from `error.type` or `error.code` (with `error.message`), the common shape.
+read it from `error.type` or `error.code` (with `error.message`, which becomes the error's
+`details`), the common shape.
 
 The document shows the statuses `submitted`, `completed` and `failed`; the in-flight names
 `pending`, `queued`, `processing` and `in_progress` are assumed, and anything else is an
@@ -26,8 +27,9 @@ from generations.providers.base import (
     ProviderStatus,
     ResultFile,
     State,
-    as_decimal,
-    as_int,
+    as_cost,
+    as_progress,
+    as_seconds,
     timestamp,
 )
 
@@ -98,19 +100,17 @@ class APIMart(Provider):
             if not results:
                 raise self.malformed("result.videos[].url")
         error = data.get("error") if isinstance(data.get("error"), dict) else {}
-        progress = as_int(data.get("progress"))
+        failed = state == State.FAILED
         return ProviderStatus(
             provider_task_id=data["id"],
             state=state,
             raw_status=raw,
-            progress=max(0, min(100, progress)) if progress is not None else None,
+            progress=as_progress(data.get("progress")),
             results=tuple(results),
-            error=(error.get("message") or "The gateway did not say why.")
-            if state == State.FAILED
-            else None,
-            error_code=error.get("code") if state == State.FAILED else None,
-            cost=as_decimal(data.get("cost")),
-            estimated_seconds=as_int(data.get("estimated_time")),
+            **(self.task_failed(error.get("message")) if failed else {}),
+            error_code=error.get("code") if failed else None,
+            cost=as_cost(data.get("cost")),
+            estimated_seconds=as_seconds(data.get("estimated_time")),
         )
 
     def error_details(self, body: Any) -> tuple[str | None, str | None]:

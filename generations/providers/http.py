@@ -1,9 +1,11 @@
 """The one HTTP client every gateway adapter shares.
 
-Explicit timeouts (a gateway that hangs must not hold a worker forever) and a connection pool
-(polling hundreds of tasks reuses connections instead of opening one per request). httpx's own
-logging of request lines is quieted in settings, since URLs may carry task ids but we never
-want headers in logs.
+A connection pool (polling hundreds of tasks reuses connections instead of opening one per
+request) whose every new connection goes through the outbound address policy
+(generations/outbound.py): the address connected to is the address checked, and no proxy from
+the environment stands in between. Each request carries its own deadline (`timeout`), set by
+`Provider._call`. httpx's own logging of request lines is quieted in settings, since URLs may
+carry task ids but we never want headers in logs.
 """
 
 import threading
@@ -11,11 +13,14 @@ import threading
 import httpx
 from django.conf import settings
 
+from generations.outbound import GatewayTransport
+
 CONNECT_SECONDS = 5.0
 
 
 def timeout(extra_read: float = 0) -> httpx.Timeout:
-    """Connect quickly or not at all; wait GATEWAY_TIMEOUT_SECONDS for an answer."""
+    """Connect quickly or not at all; the whole request, answer included, within
+    GATEWAY_TIMEOUT_SECONDS (plus `extra_read` for a gateway that holds its answer back)."""
     read = float(settings.GATEWAY_TIMEOUT_SECONDS)
     return httpx.Timeout(connect=CONNECT_SECONDS, read=read + extra_read, write=read, pool=10.0)
 
@@ -31,9 +36,10 @@ def shared_client() -> httpx.Client:
     with _lock:
         if _client is None or _client.is_closed:
             _client = httpx.Client(
+                transport=GatewayTransport(limits=LIMITS),
                 timeout=timeout(),
-                limits=LIMITS,
                 follow_redirects=False,
+                trust_env=False,
                 headers={"User-Agent": "Omniweb"},
             )
         return _client

@@ -11,7 +11,8 @@ Assumed, because the document does not show them:
   wrapper; its id is under `id` or `job_id`; its status is one of queued / pending /
   in_progress / processing / running / completed / succeeded / failed / error / cancelled;
   progress under `progress`; the video URL under `video_url`, `url`, `output.url` or
-  `result.url`; a failure reason under `error.message`, `error` or `message`.
+  `result.url`; a failure reason under `error.message`, `error` or `message`, and in an error
+  answer also `detail`. That reason is the gateway's text, shown only as `details`.
 Anything else is an unknown status: logged and retried, never taken as a failure.
 
 The document's examples use plain http://omixa.cloud; a key may name an https base URL.
@@ -28,7 +29,7 @@ from generations.providers.base import (
     ProviderStatus,
     ResultFile,
     State,
-    as_int,
+    as_progress,
 )
 
 STATUSES = {
@@ -112,21 +113,19 @@ class Omixa(Provider):
             if url is None:
                 raise self.malformed("the finished video's URL")
             results = (ResultFile(url=url),)
-        error = None
+        failure = {}
         if state == State.FAILED:
             err = job.get("error")
-            error = (
+            failure = self.task_failed(
                 _first_str(err.get("message") if isinstance(err, dict) else err, job.get("message"))
-                or "The gateway did not say why."
             )
-        progress = as_int(job.get("progress"))
         return ProviderStatus(
             provider_task_id=job_id,
             state=state,
             raw_status=raw,
-            progress=max(0, min(100, progress)) if progress is not None else None,
+            progress=as_progress(job.get("progress")),
             results=results,
-            error=error,
+            **failure,
         )
 
     def error_details(self, body: Any) -> tuple[str | None, str | None]:
@@ -136,4 +135,4 @@ class Omixa(Provider):
         if isinstance(error, dict):
             code = error.get("code") or error.get("type")
             return (str(code) if code else None), _first_str(error.get("message"))
-        return None, _first_str(error, body.get("message"))
+        return None, _first_str(error, body.get("message"), body.get("detail"))

@@ -7,7 +7,8 @@ Submit `POST /v1/videos/generations` with `model`, `prompt`, `duration`, `resolu
 The webhook POSTs the same completion object; Omniweb only uses it as a cue to poll.
 
 The document shows no error bodies; we read `error.message` and `error.code`/`error.type` when
-present and fall back to the HTTP status otherwise.
+present and fall back to the HTTP status otherwise. The gateway's words go to `details`; a
+status's `error` and an error's `message` are ours (see base.py).
 """
 
 from typing import Any
@@ -18,8 +19,13 @@ from generations.providers.base import (
     ProviderStatus,
     ResultFile,
     State,
-    as_int,
+    as_duration,
+    as_seconds,
 )
+from generations.providers.text import bounded_details
+
+# "1920x1080" and the like; anything longer is not a resolution.
+RESOLUTION_CHARS = 32
 
 STATUSES = {
     "pending": State.QUEUED,
@@ -70,22 +76,18 @@ class OmniaKey(Provider):
             if not isinstance(output.get("url"), str):
                 raise self.malformed("the finished video's output.url")
             results = (ResultFile(url=output["url"]),)
-        duration = output.get("duration")
+        failed = state == State.FAILED
         return ProviderStatus(
             provider_task_id=body["id"],
             state=state,
             raw_status=raw,
             progress=100 if state == State.SUCCEEDED else None,
             results=results,
-            error=(error.get("message") or "The gateway did not say why.")
-            if state == State.FAILED
-            else None,
-            error_code=error.get("code") if state == State.FAILED else None,
-            estimated_seconds=as_int(body.get("estimated_time")),
-            media_duration=float(duration) if isinstance(duration, int | float) else None,
-            media_resolution=output.get("resolution")
-            if isinstance(output.get("resolution"), str)
-            else None,
+            **(self.task_failed(error.get("message")) if failed else {}),
+            error_code=error.get("code") if failed else None,
+            estimated_seconds=as_seconds(body.get("estimated_time")),
+            media_duration=as_duration(output.get("duration")),
+            media_resolution=bounded_details(output.get("resolution"), limit=RESOLUTION_CHARS),
         )
 
     def error_details(self, body: Any) -> tuple[str | None, str | None]:

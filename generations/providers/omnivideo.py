@@ -4,12 +4,12 @@ base URL; every key names its site.
 Submit `POST /api/v1/tasks/create` with `model_id`, `prompt`, `image_urls` and `aspect_ratio`;
 poll `GET /api/v1/tasks/{task_id}`. Every answer is an envelope `{code, msg, data}`: `code: 200`
 is success and `code: 0` a business failure even on HTTP 200, with the reason in `msg` (often
-Chinese: we keep it as written and show it). `task_status` is 1 queued, 2 running, 3 success,
-4 failed; the result is `video_url` or `image_url`. `credits` is what the site charged; it
-deducts on submit and refunds failed tasks itself.
+Chinese: we keep it as written and show it as the error's `details`). `task_status` is 1 queued,
+2 running, 3 success, 4 failed; the result is `video_url` or `image_url`. `credits` is what the
+site charged; it deducts on submit and refunds failed tasks itself.
 
 The document does not say where a failed task's reason is; we look for `error_message`,
-`error` and `fail_reason` in `data`, then the envelope's `msg`.
+`error` (or its `message`) and `fail_reason` in `data`, then the envelope's `msg`.
 """
 
 from typing import Any
@@ -22,7 +22,8 @@ from generations.providers.base import (
     ProviderStatus,
     ResultFile,
     State,
-    as_decimal,
+    as_cost,
+    gateway_text,
 )
 
 STATUSES = {1: State.QUEUED, 2: State.RUNNING, 3: State.SUCCEEDED, 4: State.FAILED}
@@ -48,12 +49,12 @@ class OmniVideo(Provider):
         if not isinstance(body, dict) or "code" not in body:
             raise self.malformed("the {code, msg, data} envelope")
         if body["code"] != 200:
-            message = body.get("msg") or "the request was refused"
             raise ProviderError(
-                f"Omni Video: {message}",
+                "Omni Video reported a business failure.",
                 kind=ErrorKind.BUSINESS,
                 code=str(body["code"]),
                 status_code=200,
+                details=self.message(body),
             )
         data = body.get("data")
         if not isinstance(data, dict):
@@ -68,7 +69,7 @@ class OmniVideo(Provider):
             provider_task_id=data["task_id"],
             state=State.QUEUED,
             raw_status="submitted",
-            cost=as_decimal(data.get("credits")),
+            cost=as_cost(data.get("credits")),
         )
 
     def status_path(self, provider_task_id: str) -> str:
@@ -88,20 +89,30 @@ class OmniVideo(Provider):
             if not isinstance(url, str):
                 raise self.malformed("the result's video_url or image_url")
             results = (ResultFile(url=url),)
-        error = None
+        failure = {}
         if state == State.FAILED:
-            reason = data.get("error_message") or data.get("error") or data.get("fail_reason")
-            msg = body.get("msg") if body.get("msg") not in (None, "", "ok") else None
-            error = str(reason or msg or "The gateway did not say why.")
+            error = data.get("error")
+            msg = self.message(body)
+            failure = self.task_failed(
+                gateway_text(data.get("error_message"))
+                or gateway_text(error.get("message") if isinstance(error, dict) else error)
+                or gateway_text(data.get("fail_reason"))
+                or (msg if msg != "ok" else None)
+            )
         return ProviderStatus(
             provider_task_id=data["task_id"],
             state=state,
             raw_status=str(raw),
             progress=100 if state == State.SUCCEEDED else None,
             results=results,
-            error=error,
-            cost=as_decimal(data.get("credits")),
+            cost=as_cost(data.get("credits")),
+            **failure,
         )
+
+    @staticmethod
+    def message(body: dict[str, Any]) -> str | None:
+        """The envelope's `msg`, the one field the document names for a reason."""
+        return gateway_text(body.get("msg"))
 
     def error_details(self, body: Any) -> tuple[str | None, str | None]:
         if isinstance(body, dict) and isinstance(body.get("msg"), str):

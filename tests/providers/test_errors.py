@@ -42,8 +42,9 @@ def test_http_errors_are_classified_the_same_for_every_gateway(gateway, status, 
         adapter.status("task-1", KEY)
     error = caught.value
     assert (error.kind, error.permanent, error.status_code) == (kind, permanent, status)
-    assert error.message.startswith(f"{adapter.name}: ")
+    assert error.message.startswith(f"{adapter.name} ")
     assert "<html>" not in error.message  # a gateway's HTML error page is never shown
+    assert error.details == f"an HTML page (HTTP {status})"
 
 
 @respx.mock

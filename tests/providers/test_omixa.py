@@ -79,7 +79,10 @@ def test_in_flight_and_failed_statuses_map(raw, state):
     status = providers.get("omixa").status("j", KEY)
     assert status.state == state
     if state == State.FAILED:
-        assert status.error == "moderation"
+        assert (status.error, status.details) == (
+            "Omixa reported that the task failed.",
+            "moderation",
+        )
     else:
         assert status.progress == 40
 

@@ -92,7 +92,8 @@ def test_every_documented_status_maps(raw, state):
     respx.get(f"{BASE}/v1/videos/generations/vtask-abc123").respond(200, json=body)
     status = providers.get("omniakey").status("vtask-abc123", KEY)
     assert status.state == state
-    assert status.error == ("Content policy violation" if raw == "failed" else None)
+    assert status.details == ("Content policy violation" if raw == "failed" else None)
+    assert status.error == ("OmniaKey reported that the task failed." if raw == "failed" else None)
 
 
 @respx.mock
@@ -107,7 +108,8 @@ def test_a_failure_without_an_error_field_still_says_something():
     body = {"id": "vtask-abc123", "status": "failed"}
     respx.get(f"{BASE}/v1/videos/generations/vtask-abc123").respond(200, json=body)
     status = providers.get("omniakey").status("vtask-abc123", KEY)
-    assert status.error == "The gateway did not say why."
+    assert status.error == "OmniaKey reported that the task failed without saying why."
+    assert status.details is None
 
 
 @respx.mock
@@ -127,4 +129,7 @@ def test_a_refused_key_is_an_authentication_error():
     with pytest.raises(ProviderError) as caught:
         providers.get("omniakey").submit(GenerationRequest("omniakey", "sora", PROMPT), KEY)
     assert caught.value.kind == ErrorKind.AUTHENTICATION
-    assert caught.value.message == "OmniaKey: Invalid API key"
+    assert caught.value.message == (
+        "OmniaKey says the key was refused; check or replace it under Keys."
+    )
+    assert caught.value.details == "Invalid API key"

@@ -131,7 +131,8 @@ def test_code_zero_is_a_business_failure_with_the_message_kept_as_written():
         providers.get("omnivideo").submit(GenerationRequest("omnivideo", "gpt-image-2", "x"), KEY)
     error = caught.value
     assert (error.kind, error.code, error.status_code) == (ErrorKind.BUSINESS, "0", 200)
-    assert error.message == "Omni Video: 积分不足,请充值" and error.permanent
+    assert error.message == "Omni Video reported a business failure." and error.permanent
+    assert error.details == "积分不足,请充值"
 
 
 @respx.mock
@@ -140,7 +141,10 @@ def test_an_invalid_key_is_an_authentication_error():
     with pytest.raises(ProviderError) as caught:
         providers.get("omnivideo").submit(GenerationRequest("omnivideo", "gpt-image-2", "x"), KEY)
     assert caught.value.kind == ErrorKind.AUTHENTICATION
-    assert caught.value.message == "Omni Video: 无效的key"
+    assert caught.value.message == (
+        "Omni Video says the key was refused; check or replace it under Keys."
+    )
+    assert caught.value.details == "无效的key"
 
 
 def test_a_key_without_its_sites_address_is_refused_before_sending():
