@@ -3,8 +3,9 @@
 Meant to run behind a reverse proxy that terminates TLS (docs/deploy.md). Read from the
 environment: OMNIWEB_BIND (address:port or unix:/path, default 127.0.0.1:8000), WEB_CONCURRENCY
 (worker processes, default 2 per core plus one, at most 8) and FORWARDED_ALLOW_IPS (addresses of
-the proxies whose X-Forwarded-* headers are believed, default 127.0.0.1). A bad number stops
-start-up with a message naming the variable.
+the proxies whose X-Forwarded-* headers gunicorn believes, default 127.0.0.1). A bad number
+stops start-up with a message naming the variable. The access log names each client the way the
+site does, from OMNIWEB_TRUSTED_PROXY_COUNT (RELIABILITY 32).
 """
 
 import os
@@ -74,12 +75,29 @@ class RedactingLogger(Logger):
         for pattern in PATH_TOKENS:
             path = pattern.sub(r"\1[redacted]", path)
         atoms["U"] = path
+        atoms["client"] = client(environ)
         return atoms
+
+
+def client(environ) -> str:
+    """The client's address by the site's own rule (omniweb/clientip.py, RELIABILITY 32):
+    OMNIWEB_TRUSTED_PROXY_COUNT entries of X-Forwarded-For, never more.
+
+    Imported when a request is logged, inside a worker, where Django's settings (and the
+    .env file they read) are loaded; this file itself is read before the project is importable.
+    """
+    from django.conf import settings
+
+    from omniweb.clientip import believed_address
+
+    return believed_address(environ, settings.TRUSTED_PROXY_COUNT)
 
 
 logger_class = RedactingLogger
 accesslog = "-"
 errorlog = "-"
-access_log_format = (
-    '%(h)s "%({x-forwarded-for}i)s" %(t)s "%(m)s %(U)s %(H)s" %(s)s %(B)s %(M)sms "%(a)s"'
-)
+# %(h)s is the connection's peer: behind a reverse proxy, the proxy itself. %(client)s is the
+# client as the site believes it, the same address login throttling and rate limits use. The
+# raw X-Forwarded-For header is not logged: anything left of the trusted entries is whatever
+# the client chose to send.
+access_log_format = '%(h)s %(client)s %(t)s "%(m)s %(U)s %(H)s" %(s)s %(B)s %(M)sms "%(a)s"'

@@ -1,6 +1,6 @@
 from django.urls import include, path
 
-from accounts import views
+from accounts import password_reset, views
 
 urlpatterns = [
     path("profile/", views.profile, name="accounts-profile"),
@@ -11,6 +11,13 @@ urlpatterns = [
     path("keys/<uuid:code>/toggle/", views.key_toggle, name="accounts-key-toggle"),
     path("keys/<uuid:code>/delete/", views.key_delete, name="accounts-key-delete"),
     path("credits/", views.credits, name="accounts-credits"),
+    # Django's reset page with limits on the emails it sends (RELIABILITY 33); it comes first,
+    # so it answers under Django's own path and URL name.
+    path(
+        "password_reset/",
+        password_reset.ThrottledPasswordResetView.as_view(),
+        name="password_reset",
+    ),
     # Login, logout, password change and password reset, with Django's own URL names.
     path("", include("django.contrib.auth.urls")),
 ]

@@ -5,6 +5,13 @@ status values and error answers of its document, and validates requests the way 
 says the gateway does. A task's state comes from the clock (queued, running, then finished after
 SIMULATOR_SECONDS), and a finished task serves a real MP4 or PNG that shows the prompt.
 
+Only this site's own keys get in (RELIABILITY 34): a request must carry, as its bearer key, the
+secret of a key stored here whose gateway is the one called and whose base URL points at this
+gateway's simulator (the demo's keys, or any key a member points at /simulator/). Anything else
+answers 401 in the gateway's own error shape and creates nothing. Result-file links are signed,
+like a gateway's CDN links, and the OmniaKey webhook only ever calls this site's own webhook
+path under OMNIWEB_PUBLIC_URL.
+
 Steering, for demos and tests:
 - API keys containing "invalid" are refused (401); containing "broke", the account is empty
   (402, or Omni Video's `code: 0`).
@@ -15,6 +22,7 @@ Steering, for demos and tests:
 
 from __future__ import annotations
 
+import hmac
 import json
 import logging
 import re
@@ -22,6 +30,7 @@ import secrets
 import threading
 import time
 from typing import Any
+from urllib.parse import urlsplit
 
 import httpx
 from django.conf import settings
@@ -32,10 +41,14 @@ from django.db import connections, transaction
 from django.db.models import F
 from django.http import HttpRequest, HttpResponse, JsonResponse
 from django.shortcuts import get_object_or_404
+from django.urls import reverse
 from django.utils import timezone
+from django.utils.crypto import constant_time_compare, salted_hmac
 from django.views.decorators.csrf import csrf_exempt
 from django.views.decorators.http import require_GET, require_POST
 
+from accounts import crypto
+from accounts.models import ProviderKey
 from generations.simulator import media
 from generations.simulator.models import BEHAVIOURS, SimulatedJob
 
@@ -48,6 +61,8 @@ OMIXA_SIZES = ("1280x720", "720x1280", "1792x1024", "1024x1792")
 SMALL = {"16:9": (320, 180), "9:16": (180, 320), "1:1": (240, 240)}
 MISBEHAVING_CALLS = 2
 OMIXA_MAX_WAIT = 10
+# The webhook tokens Omniweb makes (URL-safe base64): one path segment, nothing else.
+WEBHOOK_TOKEN = re.compile(r"[A-Za-z0-9_-]+")
 
 
 def _behaviours(prompt: str) -> list[str]:
@@ -62,11 +77,32 @@ def _token(request: HttpRequest) -> str | None:
     return header[7:].strip()
 
 
-def _key_problem(request: HttpRequest) -> str | None:
-    """ "refused" for a missing key or one containing "invalid"; "empty" for an account with no
-    balance (a key containing "broke"); None for a good key."""
+def is_simulator_key(token: str, gateway: str) -> bool:
+    """RELIABILITY 34: whether `token` is the secret of a key stored on this site for `gateway`
+    whose base URL points at that gateway's simulator. Outsiders know no such secret."""
+    suffix = f"/simulator/{gateway}"
+    candidates = ProviderKey.objects.filter(
+        provider=gateway, secret_last4=token[-4:], base_url__contains=suffix
+    ).values_list("base_url", "secret_ciphertext")
+    found = False
+    for base_url, ciphertext in candidates:
+        if not urlsplit(base_url).path.rstrip("/").endswith(suffix):
+            continue
+        try:
+            secret = crypto.decrypt(ciphertext)
+        except crypto.DecryptionError:
+            continue
+        # Every candidate is compared, so the answer's timing says nothing about which matched.
+        found |= hmac.compare_digest(secret.encode(), token.encode())
+    return found
+
+
+def _key_problem(request: HttpRequest, gateway: str) -> str | None:
+    """ "refused" for a missing key, one that is not a simulator key of this site (RELIABILITY
+    34) or one containing "invalid"; "empty" for an account with no balance (a key containing
+    "broke"); None for a good key."""
     token = _token(request)
-    if token is None or "invalid" in token:
+    if token is None or "invalid" in token or not is_simulator_key(token, gateway):
         return "refused"
     if "broke" in token:
         return "empty"
@@ -122,8 +158,15 @@ def _site(request: HttpRequest) -> str:
     return request.build_absolute_uri("/").rstrip("/")
 
 
+def _file_signature(gateway: str, external_id: str, extension: str) -> str:
+    value = f"{gateway}/{external_id}.{extension}"
+    return salted_hmac("omniweb.simulator.file", value).hexdigest()[:32]
+
+
 def _file_url(site: str, job: SimulatedJob) -> str:
-    return f"{site}/simulator/{job.gateway}/files/{job.external_id}.{job.extension}"
+    """A signed link, like a gateway's CDN gives: only a key holder's status answer has it."""
+    signature = _file_signature(job.gateway, job.external_id, job.extension)
+    return f"{site}/simulator/{job.gateway}/files/{job.external_id}.{job.extension}?sig={signature}"
 
 
 def _gateway_view(view):
@@ -161,7 +204,7 @@ def _omniakey_task(site: str, job: SimulatedJob) -> dict[str, Any]:
 
 
 def _omniakey_auth(request: HttpRequest) -> JsonResponse | None:
-    problem = _key_problem(request)
+    problem = _key_problem(request, "omniakey")
     if problem == "refused":
         return _omniakey_error(401, "Invalid API key", "authentication_error")
     if problem == "empty":
@@ -238,10 +281,29 @@ def _schedule_webhook(job_pk: int, site: str) -> None:
     timer.start()
 
 
+def is_own_webhook(url: str) -> bool:
+    """RELIABILITY 34: whether `url` is this site's own webhook (OMNIWEB_PUBLIC_URL, the
+    webhook route, one token): the only address the simulator ever calls back."""
+    if not settings.PUBLIC_URL:
+        return False
+    prefix = settings.PUBLIC_URL + reverse("generations-webhook", args=["-"]).removesuffix("-")
+    if not url.startswith(prefix):
+        return False
+    return WEBHOOK_TOKEN.fullmatch(url[len(prefix) :]) is not None
+
+
 def _send_webhook(job_pk: int, site: str) -> None:
-    """POST the completion response to the task's webhook_url, as the document describes."""
+    """POST the completion response to the task's webhook_url, as the document describes, when
+    that is this site's own webhook; anything else is not called, and is logged."""
     try:
         job = SimulatedJob.objects.get(pk=job_pk)
+        if not is_own_webhook(job.webhook_url):
+            logger.warning(
+                "event=simulator_webhook_refused job=%s host=%s",
+                job_pk,
+                urlsplit(job.webhook_url).netloc[:100] or "-",
+            )
+            return
         httpx.post(job.webhook_url, json=_omniakey_task(site, job), timeout=5)
     except Exception:  # a demo stand-in: log and move on, like a real gateway would
         logger.exception("simulator: webhook for job %s failed", job_pk)
@@ -257,7 +319,7 @@ def _envelope(code: int, msg: str, data: Any = None, status: int = 200) -> JsonR
 
 
 def _omnivideo_auth(request: HttpRequest) -> JsonResponse | None:
-    if _key_problem(request) == "refused":
+    if _key_problem(request, "omnivideo") == "refused":
         return _envelope(401, "无效的 API Key", status=401)
     return None
 
@@ -283,7 +345,7 @@ def omnivideo_create(request: HttpRequest) -> HttpResponse:
     images = body.get("image_urls", [])
     if not isinstance(images, list) or not all(isinstance(u, str) for u in images):
         return _envelope(0, "image_urls 格式错误")
-    if _key_problem(request) == "empty":
+    if _key_problem(request, "omnivideo") == "empty":
         return _envelope(0, "积分不足,请充值")
     width, height = _small_size(body.get("aspect_ratio"))
     job = _create(
@@ -340,7 +402,7 @@ def _apimart_error(status: int, kind: str, message: str) -> JsonResponse:
 
 
 def _apimart_auth(request: HttpRequest) -> JsonResponse | None:
-    problem = _key_problem(request)
+    problem = _key_problem(request, "apimart")
     if problem == "refused":
         return _apimart_error(401, "authentication_error", "Invalid token")
     if problem == "empty":
@@ -444,7 +506,7 @@ def _omixa_error(status: int, code: str, message: str) -> JsonResponse:
 
 
 def _omixa_auth(request: HttpRequest) -> JsonResponse | None:
-    problem = _key_problem(request)
+    problem = _key_problem(request, "omixa")
     if problem == "refused":
         return _omixa_error(401, "unauthorized", "Invalid workspace key")
     if problem == "empty":
@@ -522,18 +584,25 @@ def omixa_job(request: HttpRequest, external_id: str) -> HttpResponse:
 # --- Result files, like a gateway's CDN ------------------------------------------------------
 
 
+def _access_denied(message: str) -> HttpResponse:
+    return HttpResponse(
+        f"<Error><Code>AccessDenied</Code><Message>{message}</Message></Error>",
+        status=403,
+        content_type="application/xml",
+    )
+
+
 @_gateway_view
 @require_GET
 def result_file(request: HttpRequest, gateway: str, external_id: str, extension: str):
+    expected = _file_signature(gateway, external_id, extension)
+    if not constant_time_compare(request.GET.get("sig", ""), expected):
+        return _access_denied("Signature does not match")
     job = get_object_or_404(SimulatedJob, gateway=gateway, external_id=external_id)
     if extension != job.extension or job.phase() != "succeeded":
         return HttpResponse("Not found", status=404, content_type="text/plain")
     if job.has("expired"):
-        return HttpResponse(
-            "<Error><Code>AccessDenied</Code><Message>Request has expired</Message></Error>",
-            status=403,
-            content_type="application/xml",
-        )
+        return _access_denied("Request has expired")
     name = f"simulator/{job.external_id}.{job.extension}"
     if not default_storage.exists(name):
         if job.is_image:
