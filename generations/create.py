@@ -2,28 +2,21 @@
 
 The page works as a plain form (POST, then a redirect to the task); with htmx the model's fields
 and the price update in place and a submit answers with a fresh form plus the new task's card.
-Charging happens only in services.submit_task; before it, a member's submits are limited to
-SUBMIT_RATE_PER_MINUTE a minute (check_submit_rate). Uploaded reference images are stored in the
-same transaction as the task, so a refused submit leaves nothing behind, and are served to the
-gateways from an unguessable public URL (or sent inline where the gateway takes a data URI).
+The view only turns the form into an order (services.submit_order checks the rate, quotas and
+balance, charges, and stores the reference images with the task, all or nothing) and shows the
+outcome. Reference images are served to the gateways from an unguessable public URL while
+their task is active (or sent inline where the gateway takes a data URI).
 """
 
 from __future__ import annotations
 
-import secrets
 import uuid
-from datetime import timedelta
 
 from django.conf import settings
 from django.contrib import messages
 from django.contrib.auth.decorators import login_not_required
-from django.core.files.base import ContentFile
-from django.core.files.storage import default_storage
-from django.db import transaction
 from django.http import FileResponse, Http404, HttpRequest, HttpResponse
 from django.shortcuts import get_object_or_404, redirect, render
-from django.urls import reverse
-from django.utils import timezone
 from django.views.decorators.http import (
     require_GET,
     require_http_methods,
@@ -31,17 +24,9 @@ from django.views.decorators.http import (
     require_safe,
 )
 
-from accounts.ledger import lock_user
 from generations import services
 from generations.cards import with_timing
-from generations.forms import (
-    DATA_URI_GATEWAYS,
-    DEFAULT_SPEC,
-    CheckedImage,
-    CreateForm,
-    initial_from,
-    spec_for,
-)
+from generations.forms import DEFAULT_SPEC, CreateForm, initial_from, spec_for
 from generations.models import PriceMissing, ReferenceImage, Task, quote
 from generations.providers import GenerationRequest, catalog
 
@@ -159,12 +144,13 @@ def _submit(request: HttpRequest) -> HttpResponse:
     if not form.is_valid():
         return _render(request, form, summary="Some fields need fixing; see the notes below.")
     try:
-        task, created = submit(request.user, form)
+        outcome = services.submit_order(request.user, order_from(form))
     except services.SubmitRefused as refusal:
         form.apply_refusal(refusal)
         return _render(request, form, summary=refusal.message)
 
-    if created:
+    task = outcome.tasks[0]
+    if outcome.created:
         messages.success(
             request,
             f"Submitted: {spec.label} task, {task.credits_charged} credits charged. "
@@ -178,7 +164,7 @@ def _submit(request: HttpRequest) -> HttpResponse:
     initial.update(prompt="", reference_urls="", form_token=uuid.uuid4())
     fresh = CreateForm(user=request.user, spec=spec, initial=initial)
     card = None
-    if created:
+    if outcome.created:
         (card,) = with_timing([Task.objects.prefetch_related("results").get(pk=task.pk)])
     response = _render(request, fresh, card=card)
     # Wakes the page's card poller (which may have gone quiet with nothing active) once the
@@ -187,77 +173,15 @@ def _submit(request: HttpRequest) -> HttpResponse:
     return response
 
 
-def submit(user, form: CreateForm) -> tuple[Task, bool]:
-    """Pay for and create the task the valid `form` describes, storing its uploads with it.
-
-    Raises services.SubmitRefused; then nothing is charged and nothing is stored.
-    """
+def order_from(form: CreateForm) -> services.Order:
+    """The order a valid create form describes; the service checks and charges it."""
     data = form.cleaned_data
-    spec = form.spec
-    uploads: list[CheckedImage] = data.get("reference_files") or []
-    tokens = [secrets.token_urlsafe(24) for _ in uploads]
-    if spec.provider in DATA_URI_GATEWAYS:
-        sent = tuple(image.data_uri for image in uploads)
-    else:
-        sent = tuple(reference_url(token) for token in tokens)
-    saved: list[str] = []
-    try:
-        # One transaction: the job that sends the task is enqueued on commit, by which time the
-        # reference images it points at are stored.
-        with transaction.atomic():
-            check_submit_rate(user, data["form_token"])
-            task, created = services.submit_task(
-                user, form.generation_request(sent), key=data["key"], token=data["form_token"]
-            )
-            if created:
-                for token, image in zip(tokens, uploads, strict=True):
-                    name = default_storage.save(
-                        f"references/{token}.{image.extension}", ContentFile(image.data)
-                    )
-                    saved.append(name)
-                    ReferenceImage.objects.create(
-                        user=user,
-                        token=token,
-                        file=name,
-                        content_type=image.content_type,
-                        width=image.width,
-                        height=image.height,
-                        size=len(image.data),
-                    )
-                Task.objects.filter(pk=task.pk).update(visibility=data["visibility"])
-                task.visibility = data["visibility"]
-    except Exception:
-        for name in saved:
-            default_storage.delete(name)
-        raise
-    return task, created
-
-
-def check_submit_rate(user, token: uuid.UUID | None) -> None:
-    """Refuse a new submit once the member made SUBMIT_RATE_PER_MINUTE tasks in the last
-    minute, so a stuck key or a script cannot flood a gateway. Call it inside the submit's
-    transaction.
-
-    The window rolls: it counts the member's tasks created in the 60 seconds before now, from
-    the database every web process shares. Refused submits made no task, so they do not count;
-    a resent form whose token already made a task is not a new submit and passes (services
-    answers it with the first task, charging nothing).
-    """
-    if token is not None and Task.objects.filter(user=user, submit_token=token).exists():
-        return
-    # Two submits at once wait for each other here, so both cannot slip under the limit.
-    lock_user(user.pk)
-    limit = settings.SUBMIT_RATE_PER_MINUTE
-    since = timezone.now() - timedelta(minutes=1)
-    if Task.objects.filter(user=user, created_at__gt=since).count() >= limit:
-        raise services.SubmitRefused(
-            f"You have submitted {limit} tasks in the last minute, the limit; "
-            "wait a moment and submit again."
-        )
-
-
-def reference_url(token: str) -> str:
-    return f"{settings.PUBLIC_URL}{reverse('generations-reference', args=[token])}"
+    return services.Order(
+        items=(services.OrderItem(form.generation_request(()), data["key"]),),
+        visibility=data["visibility"],
+        images=tuple(data.get("reference_files") or ()),
+        token=data["form_token"],
+    )
 
 
 def _reuse(request: HttpRequest, value: str) -> dict:
@@ -272,7 +196,7 @@ def _reuse(request: HttpRequest, value: str) -> dict:
         messages.info(request, "That task cannot be copied; the form starts empty.")
         return {}
     params = task.params or {}
-    ours = reference_url("x")[:-1] if settings.PUBLIC_URL else None
+    ours = services.reference_url("x")[:-1] if settings.PUBLIC_URL else None
     urls = [
         url
         for url in params.get("reference_images") or ()
@@ -297,18 +221,24 @@ def _reuse(request: HttpRequest, value: str) -> dict:
 @login_not_required  # gateways fetch it; the random token is the only credential
 @require_safe
 def reference_image(request: HttpRequest, token: str) -> HttpResponse | FileResponse:
-    image = get_object_or_404(ReferenceImage, token=token)
+    # Gateways fetch a task's references around its submit; once the task has ended nobody
+    # needs the public link, so it closes (the member still sees the image on the task page).
+    image = get_object_or_404(
+        ReferenceImage, token=token, task__state__in=Task.ACTIVE_STATES, task__deleted_at=None
+    )
     if settings.S3_BUCKET:
         # A private bucket: the gateway follows a redirect to a link signed for minutes.
         from generations.views import signed_redirect
 
-        return signed_redirect(image.file, content_type=image.content_type)
-    try:
-        handle = image.file.open("rb")
-    except FileNotFoundError:
-        raise Http404("No such image.") from None
-    response = FileResponse(handle, content_type=image.content_type)
-    response["X-Content-Type-Options"] = "nosniff"
-    response["Cache-Control"] = "public, max-age=86400"
-    response["Content-Security-Policy"] = "default-src 'none'"
+        response = signed_redirect(image.file, content_type=image.content_type)
+    else:
+        try:
+            handle = image.file.open("rb")
+        except FileNotFoundError:
+            raise Http404("No such image.") from None
+        response = FileResponse(handle, content_type=image.content_type)
+        response["X-Content-Type-Options"] = "nosniff"
+        response["Content-Security-Policy"] = "default-src 'none'"
+    # Neither a shared cache nor the browser may keep it past the task's life.
+    response["Cache-Control"] = "private, no-store"
     return response

@@ -10,13 +10,25 @@ transaction.
 The rules, from the gateways' documents and our reliability requirements:
 - a definitive refusal of a submit (400/401/402/403/409/422, Omni Video `code: 0`) fails the task
   and refunds it; 401 also marks the key refused;
-- a submit the gateway never took (connect failure, 429, 5xx) is tried again until the task's
-  deadline; a submit whose answer never came (read timeout, broken or unreadable answer) may
-  have created and billed a task, so it waits in "needs review" instead of failing;
+- a submit is sent again only when its answer proves that nothing was created:
+  * the request never left (DNS or connect failure, an address our policy refuses);
+  * 429: the gateway turned it away before doing anything (its Retry-After is honoured);
+  * 502 and 503: a proxy found no gateway behind it, or the gateway refused work while
+    overloaded or down for maintenance;
+  Every other answer may hide a created, billable task, so the task waits in "needs review"
+  instead: 500 (the gateway failed while handling it, perhaps after creating it), 504 (a proxy
+  gave up waiting while the gateway may still have been working), other 5xx, a read timeout, a
+  broken connection after sending, and a 2xx whose body we cannot read or that names no task;
+- every send respects the task's retry time and its deadline, checked before sending; neither a
+  webhook nor an admin's "check now" ever sends a queued task;
+- a task in review after a lost answer cannot be looked up; where the gateway later calls the
+  task's own webhook URL naming its task id, that id is confirmed with a status query under our
+  key and the task carries on from there;
 - polls follow the gateway's advice, then grow with jitter to a cap; errors back off without
   failing the task; `Retry-After` is honoured; a 404 ends a task only after several in a row;
 - past its deadline a running task goes to "needs review" and is re-checked slowly; it is failed
-  and refunded only on a confirmed failure or after the final limit;
+  and refunded only on a confirmed failure or after the final limit; an unexpected error while
+  handling a task still lets these rules apply (`after_error`);
 - results are copied into our storage (generations/fetch.py); a result that cannot be stored
   fails the task and refunds it, because members pay only for what they receive.
 """
@@ -42,7 +54,8 @@ from accounts.models import KeyUnusable
 from generations import fetch, providers
 from generations.models import Result, Task
 from generations.providers import ErrorKind, ProviderError, ProviderStatus
-from generations.providers.base import Provider
+from generations.providers.base import Provider, is_safe_task_id
+from generations.providers.text import redact_value
 from generations.services import fail_task, transition
 
 logger = logging.getLogger("omniweb.engine")
@@ -79,11 +92,16 @@ def advance(task: Task) -> None:
     elif task.state in POLLED_STATES:
         if task.provider_task_id:
             poll(task)
+        elif task.callback_task_id:
+            adopt_callback_id(task)
         else:
             _wait_for_review(task)
 
 
 # --- submit -----------------------------------------------------------------------------------
+
+# Statuses that prove the gateway created nothing, so the same submit may be sent again.
+RESENDABLE_STATUSES = frozenset({429, 502, 503})
 
 
 def submit(task: Task) -> None:
@@ -92,9 +110,19 @@ def submit(task: Task) -> None:
         # The last attempt sent the request and its worker died before recording the answer.
         _to_review(
             task,
-            f"Omniweb lost the answer while handing this task to {adapter.name}; it may have "
-            "been created there. An admin will check; if it was not delivered you are refunded.",
+            lost_answer_message(task, adapter, "Omniweb lost the answer"),
             from_states=[State.QUEUED],
+        )
+        return
+    now = timezone.now()
+    if task.next_check_at and task.next_check_at > now:
+        return  # not yet: it waits for its retry time
+    if task.deadline_at and now >= task.deadline_at:
+        fail_task(
+            task,
+            actor=ACTOR,
+            reason=f"{adapter.name} did not take the task before its deadline. Nothing more "
+            "was sent; your credits were refunded.",
         )
         return
     try:
@@ -117,16 +145,18 @@ def submit(task: Task) -> None:
         path = reverse("generations-webhook", args=[token])
         callback_url = f"{settings.PUBLIC_URL}{path}"
     # Recorded before the request leaves, so a worker that dies mid-request leaves a trace.
+    # The conditions repeat what was checked above, so a task moved meanwhile is not sent.
     marked = Task.objects.filter(
-        pk=task.pk, state=State.QUEUED, submit_sent_at__isnull=True
+        pk=task.pk, state=State.QUEUED, submit_sent_at__isnull=True, next_check_at__lte=now
     ).update(
         submit_sent_at=timezone.now(),
         submit_attempts=F("submit_attempts") + 1,
         callback_token_hash=callback_token_hash(token) if token else "",
     )
     if not marked:
-        return  # canceled, or taken over, while we read the key
+        return  # canceled, taken over, or rescheduled while we read the key
     task.submit_attempts += 1
+    task.callback_token_hash = callback_token_hash(token) if token else ""
     log(task, "submit", attempt=task.submit_attempts, webhook=bool(callback_url))
     try:
         status = adapter.submit(task.generation_request(callback_url), credentials)
@@ -147,6 +177,7 @@ def submit(task: Task) -> None:
         next_check_at=now + timedelta(seconds=first_poll_delay(adapter, status)),
         error_streak=0,
         message="",
+        details="",
     )
     if not moved:
         log(task, "submit_answer_ignored", state=task.state)
@@ -157,10 +188,33 @@ def submit(task: Task) -> None:
         _apply(task, adapter, status, credentials.api_key)
 
 
+def lost_answer_message(task: Task, adapter: Provider, what: str) -> str:
+    """What a member reads when a submit's answer was lost: nothing can be checked
+    automatically, so say who does what, and when the refund comes at the latest."""
+    when = timezone.localtime(task.give_up_at).strftime("%d %b %Y %H:%M") if task.give_up_at else ""
+    parts = [
+        f"{what} while handing this task to {adapter.name}, so it may have been created there "
+        "and Omniweb cannot look it up."
+    ]
+    if task.callback_token_hash:
+        parts.append(
+            f"If {adapter.name} reports the task to Omniweb's callback, Omniweb picks it up by "
+            "itself."
+        )
+    parts.append(f"An admin can check with {adapter.name};")
+    parts.append(
+        f"if nothing is delivered, your credits are refunded by {when}."
+        if when
+        else "if nothing is delivered, your credits are refunded."
+    )
+    return " ".join(parts)
+
+
 def _submit_failed(task: Task, adapter: Provider, exc: ProviderError, secret: str) -> None:
     answer = _answer(exc.body, secret, exc.status_code)
+    details = exc_details(exc)
     if exc.kind == ErrorKind.AUTHENTICATION and task.key:
-        task.key.mark_invalid(exc.message)
+        task.key.mark_invalid(key_problem(exc))
     if exc.permanent:
         log(task, "submit_refused", logging.WARNING, code=exc.code, status=exc.status_code)
         fail_task(
@@ -168,43 +222,165 @@ def _submit_failed(task: Task, adapter: Provider, exc: ProviderError, secret: st
             actor=ACTOR,
             reason=f"{exc.message} Your credits were refunded.",
             last_response=answer,
+            details=details,
         )
         return
-    never_taken = (
-        not exc.request_sent
-        or exc.kind == ErrorKind.RATE_LIMIT
-        or (exc.status_code is not None and exc.status_code >= 500)
-    )
-    if not never_taken:
-        # Sent, but no answer we can read: the gateway may have created and billed it.
-        log(task, "submit_unconfirmed", logging.WARNING, code=exc.code)
+    nothing_created = not exc.request_sent or exc.status_code in RESENDABLE_STATUSES
+    if not nothing_created:
+        # Sent, and the answer does not prove nothing was made: the gateway may have created
+        # and billed it, so sending it again could make (and bill) a second one.
+        log(task, "submit_unconfirmed", logging.WARNING, code=exc.code, status=exc.status_code)
         _to_review(
             task,
-            f"{exc.message} The task may have been created at {adapter.name}; an admin will "
-            "check. If it was not delivered you are refunded.",
+            lost_answer_message(task, adapter, exc.message.rstrip(".") + ";"),
             from_states=[State.QUEUED],
             last_response=answer,
+            details=details,
             submit_sent_at=task.submit_sent_at or timezone.now(),
         )
         return
     now = timezone.now()
-    if task.deadline_at and now >= task.deadline_at:
+    delay = _retry_delay(exc, task.submit_attempts)
+    if task.deadline_at and now + timedelta(seconds=delay) >= task.deadline_at:
         fail_task(
             task,
             actor=ACTOR,
-            reason=f"{adapter.name} did not take the task before its deadline ({exc.message}). "
-            "Your credits were refunded.",
+            reason=f"{adapter.name} did not take the task before its deadline ({exc.message}) "
+            "Nothing more was sent; your credits were refunded.",
             last_response=answer,
+            details=details,
         )
         return
-    delay = _retry_delay(exc, task.submit_attempts)
     log(task, "submit_retry", code=exc.code, status=exc.status_code, delay=round(delay, 1))
     Task.objects.filter(pk=task.pk, state=State.QUEUED).update(
         submit_sent_at=None,
         next_check_at=now + timedelta(seconds=delay),
         message=f"{exc.message} Omniweb will try again in {round(delay)} s.",
+        details=details,
         last_response=answer,
     )
+
+
+def exc_details(exc: ProviderError) -> str:
+    """The gateway's own words about an error, as the provider layer bounded and redacted
+    them; shown to the member under "details"."""
+    return exc.details or ""
+
+
+def key_problem(exc: ProviderError) -> str:
+    """What the key's owner reads on the Keys page about a refusal."""
+    return f"{exc.message} ({exc.details})" if exc.details else exc.message
+
+
+# --- a lost submit found again through the gateway's callback -------------------------------
+
+
+def note_callback(task: Task, body: Any) -> None:
+    """A gateway called this task's own webhook URL. Usually that only means "poll now". For a
+    task whose submit answer was lost, the call may name the gateway's task id: keep it as a
+    candidate, to be confirmed with a status query under our key before it is believed."""
+    from generations.services import recheck_now
+
+    if task.state == State.NEEDS_REVIEW and not task.provider_task_id:
+        candidate = _callback_task_id(task, body)
+        if candidate:
+            Task.objects.filter(pk=task.pk, state=State.NEEDS_REVIEW, provider_task_id="").update(
+                callback_task_id=candidate, next_check_at=timezone.now()
+            )
+            log(task, "callback_task_id", candidate=candidate)
+        return
+    recheck_now(task)
+
+
+def _callback_task_id(task: Task, body: Any) -> str:
+    adapter = providers.get(task.provider)
+    try:
+        candidate = adapter.parse_status(body).provider_task_id
+    except Exception:  # any shape at all may arrive here; a body we cannot read names nothing
+        return ""
+    if not is_safe_task_id(candidate):
+        return ""
+    # One upstream task never stands for two of ours.
+    if Task.objects.filter(provider=task.provider, provider_task_id=candidate).exists():
+        return ""
+    return candidate
+
+
+def adopt_callback_id(task: Task) -> None:
+    """Confirm a callback's task id with the gateway, then carry on as if the submit's answer
+    had arrived. An id the gateway does not know (under our key) is dropped."""
+    adapter = providers.get(task.provider)
+    candidate = task.callback_task_id
+    try:
+        if task.key is None:
+            raise KeyUnusable("The key that paid for this task was deleted.")
+        credentials = task.key.credentials()
+        status = adapter.status(candidate, credentials)
+    except KeyUnusable:
+        _wait_for_review(task)
+        return
+    except ProviderError as exc:
+        if exc.kind in (ErrorKind.NOT_FOUND, ErrorKind.BUSINESS, ErrorKind.AUTHENTICATION):
+            log(task, "callback_task_id_refused", logging.WARNING, code=exc.code)
+            Task.objects.filter(pk=task.pk, state=State.NEEDS_REVIEW).update(
+                callback_task_id="", next_check_at=task.give_up_at
+            )
+        else:
+            _schedule(task, _retry_delay(exc, task.error_streak + 1))
+        return
+    if status.provider_task_id != candidate:
+        log(task, "callback_task_id_mismatch", logging.WARNING)
+        Task.objects.filter(pk=task.pk).update(callback_task_id="", next_check_at=task.give_up_at)
+        return
+    moved = _move(
+        task,
+        State.RUNNING,
+        from_states=[State.NEEDS_REVIEW],
+        reason=f"{adapter.name} confirmed it as {candidate} after a callback",
+        provider_task_id=candidate,
+        callback_task_id="",
+        message="",
+        details="",
+        error_streak=0,
+    )
+    if moved:
+        log(task, "recovered", provider_task_id=candidate)
+        _apply(task, adapter, status, credentials.api_key)
+
+
+# --- after an unexpected error --------------------------------------------------------------
+
+
+def after_error(pk: int) -> None:
+    """Something unexpected failed while handling this task. Apply the deadline rules anyway,
+    so no answer a gateway sends can keep a task from review or its refund."""
+    task = Task.objects.select_related("key").filter(pk=pk).first()
+    if task is None or not task.is_active or _past_final_limit(task):
+        return
+    now = timezone.now()
+    if not (task.deadline_at and now >= task.deadline_at):
+        return
+    adapter = providers.get(task.provider)
+    if task.state == State.QUEUED and task.submit_sent_at is None:
+        fail_task(
+            task,
+            actor=ACTOR,
+            reason=f"{adapter.name} did not take the task before its deadline. Nothing more "
+            "was sent; your credits were refunded.",
+        )
+    elif task.state == State.QUEUED:
+        _to_review(
+            task,
+            lost_answer_message(task, adapter, "Omniweb lost the answer"),
+            from_states=[State.QUEUED],
+        )
+    elif task.state in (State.SUBMITTED, State.RUNNING):
+        _to_review(
+            task,
+            f"Omniweb could not read {adapter.name}'s answers about this task before its "
+            "deadline. It checks again every few minutes; if nothing is delivered, your "
+            "credits are refunded.",
+        )
 
 
 # --- poll -------------------------------------------------------------------------------------
@@ -275,8 +451,8 @@ def _apply(task: Task, adapter: Provider, status: ProviderStatus, secret: str) -
         fail_task(
             task,
             actor=ACTOR,
-            reason=f"{adapter.name} reported that the task failed: {status.error} "
-            "Your credits were refunded.",
+            reason=f"{status.error} Your credits were refunded.",
+            details=status.details or "",
             **fields,
         )
         return
@@ -312,8 +488,8 @@ def _poll_failed(task: Task, adapter: Provider, exc: ProviderError, secret: str)
             fail_task(
                 task,
                 actor=ACTOR,
-                reason=f"{adapter.name} no longer knows this task ({exc.message}). "
-                "Your credits were refunded.",
+                reason=f"{adapter.name} no longer knows this task. Your credits were refunded.",
+                details=exc_details(exc),
                 last_response=answer,
                 not_found_streak=streak,
             )
@@ -322,7 +498,7 @@ def _poll_failed(task: Task, adapter: Provider, exc: ProviderError, secret: str)
         _note_error(task, exc, delay, answer, not_found_streak=streak)
     elif exc.kind == ErrorKind.AUTHENTICATION:
         if task.key:
-            task.key.mark_invalid(exc.message)
+            task.key.mark_invalid(key_problem(exc))
         _to_review(
             task,
             f"{exc.message} Omniweb cannot check on the task until the key is replaced; if the "
@@ -349,6 +525,7 @@ def _note_error(
     }
     if not review:
         update["message"] = f"{exc.message} Checking again in {round(delay)} s."
+        update["details"] = exc_details(exc)
     Task.objects.filter(pk=task.pk, state__in=POLLED_STATES).update(**update)
     for name, value in fields.items():
         setattr(task, name, value)
@@ -540,9 +717,9 @@ def _answer(body: Any, secret: str, status_code: int | None = None) -> dict:
     """The gateway's answer as admins see it: capped, and never containing our key."""
     if body is None:
         return {"status_code": status_code} if status_code else {}
+    # The provider layer redacted it already; again here, for answers that come another way.
+    body = redact_value(body, secret)
     text = body if isinstance(body, str) else json.dumps(body, ensure_ascii=False, default=str)
-    if secret and secret in text:
-        text = text.replace(secret, "[redacted]")
     text = text.replace("\x00", "").replace("\\u0000", "")  # PostgreSQL's JSON refuses NUL
     if len(text) > LAST_RESPONSE_CHARS:
         text = text[:LAST_RESPONSE_CHARS]

@@ -1,30 +1,34 @@
 """The create form: one form for every catalogued model, with the fields that model accepts.
 
 The catalog decides which fields a model has and which values they take; this form renders them,
-checks uploads with Pillow and turns the posted values into a GenerationRequest. It stores
-nothing: uploads are saved by generations.create only once the task is paid for.
+checks uploads' headers with Pillow and turns the posted values into a GenerationRequest. It
+stores nothing and decodes no upload: an upload's pixels are read only once the submit has
+passed its cheap checks and its images are about to be stored (CheckedImage.encoded), which
+writes them again without their metadata.
 """
 
 from __future__ import annotations
 
-import base64
 import contextlib
 import io
+import struct
 import uuid
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import Any
 
 from django import forms
 from django.conf import settings
 from django.core.exceptions import ValidationError
 from django.core.validators import URLValidator
 from django.urls import reverse
-from PIL import Image
+from PIL import ExifTags, Image
 
 from accounts.models import ProviderKey
 from generations import providers
 from generations.models import Task
 from generations.providers import GenerationRequest, catalog
 from generations.providers.catalog import ModelSpec
+from generations.services import DATA_URI_GATEWAYS, EncodedImage
 
 MAX_IMAGE_BYTES = 10 * 1024 * 1024
 MIN_SIDE, MAX_SIDE = 64, 8192
@@ -35,8 +39,6 @@ IMAGE_FORMATS = {
     "WEBP": ("image/webp", "webp"),
 }
 ACCEPT = "image/png,image/jpeg,image/webp"
-# Gateways whose document accepts an image inline as a base64 data URI; the others fetch a URL.
-DATA_URI_GATEWAYS = frozenset({"apimart"})
 PUBLIC_URL_NEEDED = (
     "Uploads need the site's public address (OMNIWEB_PUBLIC_URL); paste an image URL instead."
 )
@@ -70,34 +72,108 @@ def image_counts_text(spec: ModelSpec) -> str:
 
 @dataclass(frozen=True)
 class CheckedImage:
-    """An upload Pillow opened, verified and decoded: safe to store and to send on."""
+    """An upload whose header passed the checks; its pixels are not decoded yet.
+
+    `width` and `height` are the size the picture is shown at (its EXIF orientation applied),
+    which is also the size of `encoded()`. Reading the pixels is the expensive part: it happens
+    in `encoded()`, once, and only when the image is about to be stored or sent.
+    """
 
     name: str
-    data: bytes
     content_type: str
     extension: str
     width: int
     height: int
+    # The upload itself (a file object Pillow can read and seek), read again by encoded().
+    upload: Any = field(repr=False, compare=False)
+    # The EXIF orientation found in the header (1 to 8), applied when decoding.
+    orientation: int = 1
 
-    @property
-    def data_uri(self) -> str:
-        return f"data:{self.content_type};base64,{base64.b64encode(self.data).decode('ascii')}"
+    def encoded(self) -> EncodedImage:
+        """The image decoded and written again without its metadata, or ValidationError when
+        its data is damaged. Decoded on the first call only; later calls answer the same."""
+        cached = self.__dict__.get("_encoded")
+        if cached is None:
+            cached = encode_image(self)
+            # Frozen against changes to its fields; the cache is not one of them.
+            object.__setattr__(self, "_encoded", cached)
+        return cached
+
+
+# EXIF orientation -> the transposition that shows the picture upright (as browsers do).
+UPRIGHT = {
+    2: Image.Transpose.FLIP_LEFT_RIGHT,
+    3: Image.Transpose.ROTATE_180,
+    4: Image.Transpose.FLIP_TOP_BOTTOM,
+    5: Image.Transpose.TRANSPOSE,
+    6: Image.Transpose.ROTATE_270,
+    7: Image.Transpose.TRANSVERSE,
+    8: Image.Transpose.ROTATE_90,
+}
+# What a decoded image keeps when it is written again: transparency is part of the picture and
+# the colour profile says how to show its colours; everything else in the file's info (EXIF,
+# XMP, text chunks, comments, resolution, animation settings) is dropped.
+KEPT_INFO = ("transparency", "icc_profile")
+# Lossy formats are written again at high quality: the member's picture, barely changed.
+SAVE_OPTIONS = {"PNG": {}, "JPEG": {"quality": 95}, "WEBP": {"quality": 95}}
+PILLOW_FORMATS = {content_type: name for name, (content_type, _) in IMAGE_FORMATS.items()}
+
+
+def megapixels(pixels: int) -> str:
+    """40_000_000 -> "40 megapixels", 12_500_000 -> "12.5 megapixels", 5_000 -> "5,000 pixels"."""
+    if pixels < 1_000_000:
+        return f"{pixels:,} pixels"
+    return f"{pixels / 1_000_000:,.1f}".removesuffix(".0") + " megapixels"
+
+
+def too_many_pixels(
+    name: str, width: int | None = None, height: int | None = None
+) -> ValidationError:
+    limit = megapixels(settings.UPLOAD_MAX_PIXELS)
+    if width is None or height is None:
+        return ValidationError(f"{name} has more than {limit}; choose a smaller image.")
+    return ValidationError(
+        f"{name} is {width}×{height} pixels ({megapixels(width * height)}); images may have "
+        f"up to {limit}. Choose a smaller image."
+    )
+
+
+def header_orientation(image: Image.Image) -> int:
+    """The EXIF orientation the file's header gives, 1 (upright) when it gives none."""
+    # Only EXIF already read with the header counts: asked for more, a PNG would decode itself
+    # to look for EXIF stored after its pixels.
+    if "exif" not in image.info:
+        return 1
+    try:
+        value = image.getexif().get(ExifTags.Base.Orientation, 1)
+    except (OSError, SyntaxError, ValueError, TypeError, KeyError, IndexError, struct.error):
+        return 1  # unreadable EXIF: the picture is shown as stored, as browsers do
+    return value if value in UPRIGHT else 1
 
 
 def check_image(upload) -> CheckedImage:
-    """The upload as a CheckedImage, or ValidationError saying in plain words what is wrong."""
+    """The upload as a CheckedImage, or ValidationError saying in plain words what is wrong.
+
+    Only the file's header is read (format, size, orientation), from the upload itself: no
+    pixel is decoded, and no more than the upload's own bytes are held (a WebP's container is
+    read whole), so a refusal costs next to nothing however large the image claims to be.
+    Damaged pixel data is found later, by CheckedImage.encoded().
+    """
     name = upload.name or "The upload"
     if upload.size > MAX_IMAGE_BYTES:
         raise ValidationError(f"{name} is larger than 10 MB; choose a smaller image.")
-    data = upload.read()
     refused = ValidationError(f"{name} is not a PNG, JPEG or WebP image.")
     try:
         # Only these decoders are tried: an SVG or a text file renamed .png is not an image here.
-        with Image.open(io.BytesIO(data), formats=list(IMAGE_FORMATS)) as image:
+        # Image.open reads the header; it decodes no pixel.
+        with Image.open(upload, formats=list(IMAGE_FORMATS)) as image:
             image_format = image.format
             width, height = image.size
-            image.verify()
-    except (OSError, SyntaxError, ValueError, EOFError, Image.DecompressionBombError):
+            orientation = header_orientation(image)
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning):
+        # Pillow's own limit (set from UPLOAD_MAX_PIXELS when Omniweb starts) stopped it.
+        raise too_many_pixels(name) from None
+    except (OSError, SyntaxError, ValueError, EOFError):
         raise refused from None
     if image_format not in IMAGE_FORMATS:
         raise refused
@@ -106,15 +182,45 @@ def check_image(upload) -> CheckedImage:
             f"{name} is {width}×{height} pixels; each side must be {MIN_SIDE} to "
             f"{MAX_SIDE:,} pixels."
         )
-    try:
-        # verify() checks the structure but leaves the image unusable and the pixels unread:
-        # open it again and decode it, which catches truncated or corrupt data.
-        with Image.open(io.BytesIO(data), formats=[image_format]) as image:
-            image.load()
-    except (OSError, SyntaxError, ValueError, EOFError, Image.DecompressionBombError):
-        raise ValidationError(f"{name} is damaged or incomplete; export it again.") from None
+    if width * height > settings.UPLOAD_MAX_PIXELS:
+        raise too_many_pixels(name, width, height)
+    if orientation >= 5:  # turned a quarter: shown with its sides swapped
+        width, height = height, width
     content_type, extension = IMAGE_FORMATS[image_format]
-    return CheckedImage(name, data, content_type, extension, width, height)
+    return CheckedImage(name, content_type, extension, width, height, upload, orientation)
+
+
+def encode_image(checked: CheckedImage) -> EncodedImage:
+    """Decode `checked` and write it again in its format, upright and without metadata.
+
+    Memory is bounded by the pixel limit: the size is checked again before decoding, so
+    nothing larger than UPLOAD_MAX_PIXELS is ever decoded here, whoever built `checked`.
+    """
+    image_format = PILLOW_FORMATS[checked.content_type]
+    damaged = ValidationError(f"{checked.name} is damaged or incomplete; export it again.")
+    buffer = io.BytesIO()
+    try:
+        with Image.open(checked.upload, formats=[image_format]) as image:
+            width, height = image.size
+            if width * height > settings.UPLOAD_MAX_PIXELS:
+                raise too_many_pixels(checked.name, width, height)
+            image.load()  # reads every pixel: truncated or corrupt data fails here
+            kept = {key: image.info[key] for key in KEPT_INFO if key in image.info}
+            turn = UPRIGHT.get(checked.orientation)
+            clean = image if turn is None else image.transpose(turn)
+            # What the writers would otherwise copy from the source (a JPEG's comment, for one)
+            # comes from `info`; only the kept entries are left in it.
+            clean.info = dict(kept)
+            options = dict(SAVE_OPTIONS[image_format])
+            if "icc_profile" in kept:
+                options["icc_profile"] = kept["icc_profile"]
+            clean.save(buffer, image_format, **options)
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning):
+        raise too_many_pixels(checked.name) from None
+    except (OSError, SyntaxError, ValueError, EOFError, struct.error):
+        raise damaged from None
+    content_type, extension = IMAGE_FORMATS[image_format]
+    return EncodedImage(buffer.getvalue(), content_type, extension)
 
 
 class MultipleFileInput(forms.FileInput):
@@ -211,8 +317,9 @@ class CreateForm(forms.Form):
                 label="Upload images",
                 required=False,
                 help_text=(
-                    f"PNG, JPEG or WebP, up to 10 MB each, {MIN_SIDE} to {MAX_SIDE:,} pixels a "
-                    "side."
+                    f"PNG, JPEG or WebP, up to 10 MB and "
+                    f"{megapixels(settings.UPLOAD_MAX_PIXELS)} each, {MIN_SIDE} to "
+                    f"{MAX_SIDE:,} pixels a side. Location and camera details are removed."
                 ),
                 widget=MultipleFileInput(attrs={"accept": ACCEPT}),
             )

@@ -33,7 +33,7 @@ from django.db.utils import InterfaceError, OperationalError
 from django.utils import timezone
 from django_q.tasks import async_task
 
-from generations.models import Task
+from generations.models import Lease, Task
 
 logger = logging.getLogger("omniweb.engine")
 
@@ -55,10 +55,6 @@ def dispatcher_names() -> list[str]:
 
 def _owner(role: str) -> str:
     return f"{socket.gethostname()}:{os.getpid()}:{role}-{uuid.uuid4().hex[:8]}"
-
-
-def enqueue_submit(pk: int) -> None:
-    async_task("generations.jobs.submit", pk, task_name=f"submit task {pk}")
 
 
 def ensure_dispatchers() -> int:
@@ -97,11 +93,16 @@ def work_on(pk: int, owner: str) -> None:
         if task is not None:
             engine.advance(task)
     except Exception:
-        # A bug or a database hiccup must not turn into a hot loop on one task.
+        # A bug or a database hiccup must not turn into a hot loop on one task, nor keep the
+        # task from its deadline: whatever failed, the deadline rules still apply.
         logger.exception("event=work_failed task=%s", pk)
         Task.objects.filter(pk=pk, state__in=Task.ACTIVE_STATES).update(
             next_check_at=timezone.now() + timedelta(seconds=60)
         )
+        try:
+            engine.after_error(pk)
+        except Exception:
+            logger.exception("event=after_error_failed task=%s", pk)
     finally:
         Task.objects.release(pk, owner)
 
@@ -109,7 +110,9 @@ def work_on(pk: int, owner: str) -> None:
 def submit(pk: int) -> str:
     """Job: send one queued task to its gateway, unless another worker already has it."""
     owner = _owner("submit")
-    if not Task.objects.claim(pk, owner, states=[Task.State.QUEUED]):
+    # Only while it is due: a second delivery of this job must not send a task that waits
+    # for its retry time.
+    if not Task.objects.claim(pk, owner, states=[Task.State.QUEUED], due_only=True):
         return "taken"
     work_on(pk, owner)
     ensure_dispatchers()
@@ -124,8 +127,12 @@ def dispatch(name: str = "d0", seconds: float | None = None) -> str:
     owner = _owner(f"dispatch-{name}")
     concurrency = settings.DISPATCH_CONCURRENCY
     stop_at = time.monotonic() + seconds
-    in_flight: dict[Future, int | None] = {}  # future -> key id
+    # One member's slow gateways may hold only part of the pool, so other members' tasks
+    # keep moving while those calls run out their deadline.
+    per_member = max(1, min(settings.PER_MEMBER_CONCURRENCY, concurrency))
+    in_flight: dict[Future, Lease] = {}
     busy: Counter = Counter()
+    busy_members: Counter = Counter()
     worked = 0
     handed_over = False
     database_errors = 0
@@ -149,7 +156,12 @@ def dispatch(name: str = "d0", seconds: float | None = None) -> str:
                 free = concurrency - len(in_flight)
                 if free:
                     leased = Task.objects.lease_due(
-                        owner, limit=free, per_key=settings.PER_KEY_CONCURRENCY, busy_keys=busy
+                        owner,
+                        limit=free,
+                        per_key=settings.PER_KEY_CONCURRENCY,
+                        busy_keys=busy,
+                        per_member=per_member,
+                        busy_members=busy_members,
                     )
                 database_errors = 0
             except DATABASE_ERRORS:
@@ -165,20 +177,24 @@ def dispatch(name: str = "d0", seconds: float | None = None) -> str:
                 )
                 connections.close_all()  # this thread's connection only
                 time.sleep(min(TICK_SECONDS * 2**database_errors, 5.0))
-            for pk, key_id in leased:
-                busy[key_id] += 1
-                in_flight[pool.submit(run, pk)] = key_id
+            for lease in leased:
+                busy[lease.key_id] += 1
+                busy_members[lease.user_id] += 1
+                in_flight[pool.submit(run, lease.pk)] = lease
             worked += len(leased)
             if in_flight:
                 done, _ = wait(in_flight, timeout=TICK_SECONDS, return_when=FIRST_COMPLETED)
                 for future in done:
-                    busy[in_flight.pop(future)] -= 1
+                    lease = in_flight.pop(future)
+                    busy[lease.key_id] -= 1
+                    busy_members[lease.user_id] -= 1
             elif not leased:
                 time.sleep(TICK_SECONDS)
-        # Leave nothing half-done: what was leased is finished before the run ends.
+        # Hand over first, then finish what was leased: a successor leases other due tasks
+        # while this run's slow gateway calls run out their deadline.
+        if not handed_over and cache.get(baton(name)) in (None, run_id):
+            cache.delete(baton(name))
+            async_task("generations.jobs.dispatch", name=name, task_name=f"dispatch {name}")
         wait(in_flight)
-    if not handed_over and cache.get(baton(name)) in (None, run_id):
-        cache.delete(baton(name))
-        async_task("generations.jobs.dispatch", name=name, task_name=f"dispatch {name}")
     logger.info("event=dispatch_run name=%s worked=%s handed_over=%s", name, worked, handed_over)
     return f"worked on {worked} tasks"

@@ -5,6 +5,7 @@ import uuid
 from dataclasses import dataclass
 from datetime import timedelta
 from decimal import Decimal
+from typing import NamedTuple
 
 from django.conf import settings
 from django.core.exceptions import ValidationError
@@ -94,6 +95,14 @@ def quote(request: GenerationRequest) -> Quote:
     return Quote(price.unit, price.credits_per_unit, units, multiplier, max(total, 1))
 
 
+class Lease(NamedTuple):
+    """A task a dispatcher leased, with what its fairness limits count."""
+
+    pk: int
+    key_id: int | None
+    user_id: int
+
+
 class TaskQuerySet(models.QuerySet):
     def owned_by(self, user) -> "TaskQuerySet":
         """A member's own tasks, except those they deleted: what they may change."""
@@ -126,20 +135,30 @@ class TaskQuerySet(models.QuerySet):
         return self.filter(state=Task.State.NEEDS_REVIEW)
 
     def lease_due(
-        self, owner: str, *, limit: int, per_key: int, busy_keys=None
-    ) -> list[tuple[int, int | None]]:
-        """Lease up to `limit` due tasks to `owner`; returns their (primary key, key id).
+        self,
+        owner: str,
+        *,
+        limit: int,
+        per_key: int,
+        busy_keys=None,
+        per_member: int | None = None,
+        busy_members=None,
+    ) -> list[Lease]:
+        """Lease up to `limit` due tasks to `owner`; returns their Leases.
 
         On PostgreSQL the candidate rows are locked with SKIP LOCKED, so several dispatchers
         on several hosts each get different tasks without waiting for one another. SQLite has
         no row locks, but its IMMEDIATE transactions take the write lock at BEGIN, so two
         processes leasing at once run one after the other and the second sees the first's
-        lease. `busy_keys` counts tasks per key this dispatcher already works on, so one key
-        never gets more than `per_key` requests in flight from it.
+        lease. `busy_keys` and `busy_members` count the tasks per key and per member this
+        dispatcher already works on, so one key never gets more than `per_key` requests in
+        flight from it, and one member's slow gateways never hold more than `per_member` of its
+        slots while other members' tasks wait.
         """
         from django.db import transaction
 
         busy = dict(busy_keys or {})
+        members = dict(busy_members or {})
         now = timezone.now()
         # A plain read first: an idle dispatcher then never takes SQLite's write lock.
         if not self.due(now).exists():
@@ -149,33 +168,36 @@ class TaskQuerySet(models.QuerySet):
                 self.due(now)
                 .order_by("next_check_at", "pk")
                 .select_for_update(skip_locked=True)
-                .values_list("pk", "key_id")[: limit * 4]
+                .values_list("pk", "key_id", "user_id")[: limit * 4]
             )
             chosen = []
-            for pk, key_id in candidates:
+            for pk, key_id, user_id in candidates:
                 if busy.get(key_id, 0) >= per_key:
                     continue
+                if per_member is not None and members.get(user_id, 0) >= per_member:
+                    continue
                 busy[key_id] = busy.get(key_id, 0) + 1
-                chosen.append((pk, key_id))
+                members[user_id] = members.get(user_id, 0) + 1
+                chosen.append(Lease(pk, key_id, user_id))
                 if len(chosen) == limit:
                     break
             if chosen:
                 until = now + timedelta(seconds=settings.LEASE_SECONDS)
-                self.filter(pk__in=[pk for pk, _ in chosen]).update(
+                self.filter(pk__in=[lease.pk for lease in chosen]).update(
                     lease_owner=owner, lease_until=until
                 )
         return chosen
 
-    def claim(self, pk: int, owner: str, *, states) -> bool:
-        """Lease one task for `owner` if it is in `states` and free: the conditional update
-        that keeps a job delivered twice from working on the same task twice at once."""
+    def claim(self, pk: int, owner: str, *, states, due_only: bool = False) -> bool:
+        """Lease one task for `owner` if it is in `states` and free (and, with `due_only`, its
+        next check has come): the conditional update that keeps a job delivered twice from
+        working on the same task twice at once, or before its retry time."""
         now = timezone.now()
         until = now + timedelta(seconds=settings.LEASE_SECONDS)
-        return bool(
-            self.filter(pk=pk, state__in=states)
-            .unleased(now)
-            .update(lease_owner=owner, lease_until=until)
-        )
+        candidates = self.filter(pk=pk, state__in=states).unleased(now)
+        if due_only:
+            candidates = candidates.filter(next_check_at__lte=now)
+        return bool(candidates.update(lease_owner=owner, lease_until=until))
 
     def release(self, pk: int, owner: str) -> None:
         self.filter(pk=pk, lease_owner=owner).update(lease_owner="", lease_until=None)
@@ -241,6 +263,9 @@ class Task(models.Model):
     provider_task_id = models.CharField(max_length=200, blank=True)
     progress = models.PositiveSmallIntegerField(null=True, blank=True)
     message = models.TextField(blank=True, help_text="What happened, for people.")
+    details = models.TextField(
+        blank=True, help_text="The gateway's own words about the last problem, bounded."
+    )
     created_at = models.DateTimeField(default=timezone.now, db_index=True)
     updated_at = models.DateTimeField(auto_now=True)
     finished_at = models.DateTimeField(null=True, blank=True)
@@ -262,6 +287,9 @@ class Task(models.Model):
     deadline_at = models.DateTimeField(null=True, blank=True)
     give_up_at = models.DateTimeField(null=True, blank=True)
     callback_token_hash = models.CharField(max_length=64, blank=True, db_index=True)
+    # A task id a gateway's callback named for a task whose submit answer was lost; the engine
+    # adopts it only once a status query under our key confirms it.
+    callback_task_id = models.CharField(max_length=200, blank=True)
     gateway_results = models.JSONField(
         default=list, blank=True, help_text="The gateway's result links, until stored."
     )
@@ -305,6 +333,21 @@ class Task(models.Model):
     @property
     def is_active(self) -> bool:
         return self.state in self.ACTIVE_STATES
+
+    @property
+    def review_note(self) -> str:
+        """What happens next to a task in review, truthfully: only a task the gateway gave us
+        an id for can be checked automatically."""
+        if self.provider_task_id:
+            return (
+                "Omniweb could not confirm what happened; it checks again every few minutes. "
+                "If the result is not delivered, your credits are refunded."
+            )
+        return (
+            "Omniweb cannot check this task by itself because the gateway's answer was lost; "
+            "an admin will look into it. If the result is not delivered, your credits are "
+            "refunded."
+        )
 
     @property
     def spec(self) -> catalog.ModelSpec | None:
@@ -352,6 +395,11 @@ class ReferenceImage(models.Model):
 
     user = models.ForeignKey(
         settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="reference_images"
+    )
+    # The task that was sent this image. Its public link works only while the task is active
+    # (gateways fetch references around submit), and it is deleted with the task.
+    task = models.ForeignKey(
+        "Task", on_delete=models.CASCADE, null=True, blank=True, related_name="references"
     )
     token = models.CharField(max_length=64, unique=True)
     file = models.FileField(max_length=300)

@@ -1,42 +1,150 @@
 """State changes of tasks, and the money that moves with them.
 
-`submit_task` validates, checks quotas and the balance, creates the task and writes its debit in
-one transaction. `transition` is the only way a task changes state: a compare-and-swap on the
-state plus a TaskEvent. `fail_task` and `cancel_task` refund in the same transaction as that
-compare-and-swap, so however many paths (a poll, a webhook, the deadline sweep, an admin) fail
-the same task at once, exactly one of them wins and writes the one refund.
+`submit_order` is the one submit path: it validates an order of one or more requests, checks
+the rate, quotas and balance for all of it, and creates the tasks with their debits and
+reference images in one transaction, or nothing. `transition` is the only way a task changes
+state: a compare-and-swap on the state plus a TaskEvent. `fail_task` and `cancel_task` refund
+in the same transaction as that compare-and-swap, so however many paths (a poll, a webhook, the
+deadline sweep, an admin) fail the same task at once, exactly one of them wins and writes the
+one refund.
 """
 
 from __future__ import annotations
 
+import base64
+import secrets
 import uuid
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import timedelta
 from functools import partial
+from typing import Protocol
 
 from django.conf import settings
+from django.core.exceptions import ValidationError
+from django.core.files.base import ContentFile
+from django.core.files.storage import default_storage
 from django.db import transaction
+from django.urls import reverse
 from django.utils import timezone
+from django_q.tasks import async_task
 
 from accounts.ledger import InsufficientCredits, append_entry, effective_quota, lock_user, spending
 from accounts.models import LedgerEntry, ProviderKey
-from generations import jobs
-from generations.models import PriceMissing, Task, TaskEvent, quote
+from generations.models import PriceMissing, ReferenceImage, Task, TaskEvent, quote
 from generations.providers import GenerationRequest, catalog
+
+# Gateways whose document accepts an image inline as a base64 data URI; the others fetch a URL.
+DATA_URI_GATEWAYS = frozenset({"apimart"})
 
 
 @dataclass
 class SubmitRefused(Exception):
-    """Why a submit was refused; nothing was written. `errors` holds per-field messages."""
+    """Why a submit was refused; nothing was written. `errors` holds per-field messages and
+    `code` says which rule refused it (for callers that answer machines, like an API)."""
 
     message: str
     errors: dict[str, list[str]] = field(default_factory=dict)
+    code: str = "refused"
 
     def __str__(self) -> str:
         return self.message
 
 
+class OrderImage(Protocol):
+    """A reference image an order carries: an upload checked by the create form, or a copy of
+    one a task was sent before. `encoded()` decodes it once and returns clean bytes (no
+    metadata) or raises ValidationError; the service calls it only after the cheap checks."""
+
+    name: str
+    width: int
+    height: int
+
+    def encoded(self): ...
+
+
+@dataclass(frozen=True)
+class OrderItem:
+    """One task of an order: what to generate and which key pays for it. `request` holds only
+    the addresses the member pasted; the order's images are added in front of them."""
+
+    request: GenerationRequest
+    key: ProviderKey
+
+
+@dataclass(frozen=True)
+class Order:
+    """Everything one submit asks for. Every way a task starts (the Create page, Try again,
+    and whatever comes next) builds one of these and hands it to `submit_order`."""
+
+    items: tuple[OrderItem, ...]
+    visibility: str = "team"
+    images: tuple[OrderImage, ...] = ()
+    token: uuid.UUID | None = None
+    actor: str = "member"
+    note: str = "submitted"
+
+
+@dataclass(frozen=True)
+class OrderOutcome:
+    tasks: list[Task]
+    created: bool  # False when the token had already made these tasks: nothing was charged
+
+
+def item_token(token: uuid.UUID | None, index: int) -> uuid.UUID | None:
+    """The submit token of an order's `index`th task: the order's own for the first, derived
+    for the others, so a repeated order finds every task it made."""
+    if token is None or index == 0:
+        return token
+    return uuid.uuid5(token, str(index))
+
+
 @transaction.atomic
+def submit_order(user, order: Order) -> OrderOutcome:
+    """Charge for and create every task of `order`, or none: the one submit path.
+
+    Under one lock of the member's row it checks, for the whole order, the submit rate, the
+    quotas (active tasks, day and month spending), the keys and the balance; only then does it
+    decode the reference images, store them, and write the tasks with their debits. The jobs
+    that send the tasks are enqueued by name once the transaction commits. A repeated token
+    returns the tasks the first call made and charges nothing. Raises SubmitRefused, with
+    nothing written and nothing stored.
+    """
+    if not order.items:
+        raise SubmitRefused("There is nothing to submit.", code="empty")
+    locked = lock_user(user.pk)
+    if order.token is not None:
+        first = Task.objects.filter(user=locked, submit_token=order.token).first()
+        if first is not None:
+            tokens = [item_token(order.token, i) for i in range(len(order.items))]
+            tasks = {
+                t.submit_token: t
+                for t in Task.objects.filter(user=locked).filter(submit_token__in=tokens)
+            }
+            return OrderOutcome([tasks[t] for t in tokens if t in tasks], created=False)
+
+    checked = [_checked_item(locked, item, len(order.images)) for item in order.items]
+    total = sum(price.total for _item, _spec, price in checked)
+    _check_limits(locked, checked, total)
+
+    saved: list[str] = []
+    try:
+        encoded = _encode_images(order.images)
+        tasks = [
+            _create_task(locked, order, index, item, spec, price, encoded, saved)
+            for index, (item, spec, price) in enumerate(checked)
+        ]
+    except BaseException:
+        # Storage is not transactional: whatever this attempt stored goes with the rollback.
+        for name in saved:
+            default_storage.delete(name)
+        raise
+    for task in tasks:
+        # By name, after commit: a rollback leaves no job, and this module never imports the
+        # engine (which imports this module).
+        transaction.on_commit(partial(enqueue_submit, task.pk))
+    return OrderOutcome(tasks, created=True)
+
+
 def submit_task(
     user,
     request: GenerationRequest,
@@ -44,62 +152,143 @@ def submit_task(
     key: ProviderKey,
     token: uuid.UUID | None = None,
     actor: str = "member",
+    visibility: str = "team",
 ) -> tuple[Task, bool]:
-    """Charge for and create a task. Returns (task, created); a repeated `token` returns the
-    task the first call made, and charges nothing more."""
-    locked = lock_user(user.pk)
-    if token is not None:
-        existing = Task.objects.filter(user=locked, submit_token=token).first()
-        if existing:
-            return existing, False
+    """An order of one request without images, through `submit_order`. Returns (task,
+    created)."""
+    outcome = submit_order(
+        user,
+        Order(
+            items=(OrderItem(request, key),),
+            visibility=visibility,
+            token=token,
+            actor=actor,
+        ),
+    )
+    return outcome.tasks[0], outcome.created
 
-    request = catalog.with_defaults(request)
+
+def enqueue_submit(pk: int) -> None:
+    async_task("generations.jobs.submit", pk, task_name=f"submit task {pk}")
+
+
+def _checked_item(locked, item: OrderItem, image_count: int):
+    """(item with defaults, spec, price) of a valid item, or SubmitRefused."""
+    # One stand-in per image lets the catalog check how many this model accepts.
+    stand_ins = tuple("data:image/png;base64," for _ in range(image_count))
+    request = catalog.with_defaults(
+        replace(item.request, reference_images=stand_ins + item.request.reference_images)
+    )
     errors = catalog.validate(request)
     if errors:
-        raise SubmitRefused("Some fields need fixing.", errors)
+        raise SubmitRefused("Some fields need fixing.", errors, code="invalid")
     spec = catalog.get(request.provider, request.model)
+    key = item.key
     if not ProviderKey.objects.usable_by(locked, request.provider).filter(pk=key.pk).exists():
         raise SubmitRefused(
             f"The key {key.label!r} cannot be used for {spec.label} ({key.status}).",
             {"key": ["Choose an active key for this gateway."]},
+            code="key",
         )
     try:
         price = quote(request)
     except PriceMissing:
-        raise SubmitRefused(f"{spec.label} has no price yet; ask an admin to set one.") from None
+        raise SubmitRefused(
+            f"{spec.label} has no price yet; ask an admin to set one.", code="price"
+        ) from None
+    pasted = replace(request, reference_images=item.request.reference_images)
+    return OrderItem(pasted, key), spec, price
 
+
+def _check_limits(locked, checked: list, total: int) -> None:
+    """The member's rate, quotas and balance, for the whole order at once."""
+    count = len(checked)
+    limit = settings.SUBMIT_RATE_PER_MINUTE
+    since = timezone.now() - timedelta(minutes=1)
+    recent = Task.objects.filter(user=locked, created_at__gt=since).count()
+    if recent + count > limit:
+        if count == 1:
+            message = (
+                f"You have submitted {limit} tasks in the last minute, the limit; "
+                "wait a moment and submit again."
+            )
+        else:
+            message = (
+                f"This submits {count} tasks and you have submitted {recent} in the last minute; "
+                f"the limit is {limit} a minute. Wait a moment and submit again."
+            )
+        raise SubmitRefused(message, code="rate_limited")
     limits = effective_quota(locked)
-    if not limits.allows(request.provider, request.model):
-        raise SubmitRefused(f"Your quota does not include {spec.label}.")
+    for item, spec, _price in checked:
+        if not limits.allows(item.request.provider, item.request.model):
+            raise SubmitRefused(f"Your quota does not include {spec.label}.", code="quota")
     if limits.max_active_tasks is not None:
         active = Task.objects.filter(user=locked).active().count()
-        if active >= limits.max_active_tasks:
+        if active + count > limits.max_active_tasks:
             raise SubmitRefused(
                 f"You already have {active} active tasks, your limit; wait for one to finish."
+                if count == 1
+                else f"You have {active} active tasks and this adds {count}; your limit is "
+                f"{limits.max_active_tasks}.",
+                code="quota",
             )
-    spent = spending(locked)
+    what = "This costs" if count == 1 else f"These {count} tasks cost"
     day_limit, month_limit = limits.max_credits_per_day, limits.max_credits_per_month
-    if day_limit is not None and spent["today"] + price.total > day_limit:
+    if day_limit is not None or month_limit is not None:
+        spent = spending(locked)
+        if day_limit is not None and spent["today"] + total > day_limit:
+            raise SubmitRefused(
+                f"{what} {total} credits; you have spent {spent['today']} of your "
+                f"{day_limit} for today.",
+                code="quota",
+            )
+        if month_limit is not None and spent["month"] + total > month_limit:
+            raise SubmitRefused(
+                f"{what} {total} credits; you have spent {spent['month']} of your "
+                f"{month_limit} for this month.",
+                code="quota",
+            )
+    if locked.credit_balance < total:
         raise SubmitRefused(
-            f"This costs {price.total} credits; you have spent {spent['today']} of your "
-            f"{day_limit} for today."
-        )
-    if month_limit is not None and spent["month"] + price.total > month_limit:
-        raise SubmitRefused(
-            f"This costs {price.total} credits; you have spent {spent['month']} of your "
-            f"{month_limit} for this month."
-        )
-    if locked.credit_balance < price.total:
-        raise SubmitRefused(
-            f"This costs {price.total} credits and your balance is {locked.credit_balance}."
+            f"{what} {total} credits and your balance is {locked.credit_balance}.",
+            code="balance",
         )
 
+
+def _encode_images(images) -> list:
+    """Each image decoded once and re-encoded without metadata, or SubmitRefused."""
+    encoded, errors = [], []
+    for image in images:
+        try:
+            encoded.append((image, image.encoded()))
+        except ValidationError as exc:
+            errors.extend(exc.messages)
+    if errors:
+        raise SubmitRefused(
+            "A reference image could not be read.", {"reference_images": errors}, code="invalid"
+        )
+    return encoded
+
+
+def reference_url(token: str) -> str:
+    return f"{settings.PUBLIC_URL}{reverse('generations-reference', args=[token])}"
+
+
+def _create_task(locked, order: Order, index: int, item: OrderItem, spec, price, images, saved):
+    request, key = item.request, item.key
+    # Each task owns its copies of the images: they are deleted with it, and their public
+    # links close when it ends, whatever happens to the order's other tasks.
+    tokens = [secrets.token_urlsafe(24) for _ in images]
+    if spec.provider in DATA_URI_GATEWAYS:
+        sent = tuple(data_uri(clean) for _image, clean in images)
+    else:
+        sent = tuple(reference_url(token) for token in tokens)
     now = timezone.now()
     task = Task.objects.create(
         user=locked,
         created_at=now,
-        # Due at once: the job enqueued below normally takes it first; if that job is lost the
-        # dispatcher still finds the task.
+        # Due at once: the job enqueued on commit normally takes it first; if that job is lost
+        # the dispatcher still finds the task.
         next_check_at=now,
         deadline_at=now + timedelta(minutes=settings.TASK_DEADLINE_MINUTES),
         give_up_at=now + timedelta(hours=settings.TASK_FINAL_LIMIT_HOURS),
@@ -111,17 +300,33 @@ def submit_task(
             "duration": request.duration,
             "resolution": request.resolution,
             "aspect_ratio": request.aspect_ratio,
-            "reference_images": list(request.reference_images),
+            "reference_images": list(sent + request.reference_images),
         },
         key=key,
         key_label=f"{key.label} ({key.provider_name} {key.masked})",
-        submit_token=token,
+        submit_token=item_token(order.token, index),
+        visibility=order.visibility,
         price_unit=price.unit,
         price_credits_per_unit=price.credits_per_unit,
         price_units=price.units,
         price_multiplier=price.multiplier,
         credits_charged=price.total,
     )
+    for token, (image, clean) in zip(tokens, images, strict=True):
+        name = default_storage.save(
+            f"references/{token}.{clean.extension}", ContentFile(clean.data)
+        )
+        saved.append(name)
+        ReferenceImage.objects.create(
+            user=locked,
+            task=task,
+            token=token,
+            file=name,
+            content_type=clean.content_type,
+            width=image.width,
+            height=image.height,
+            size=len(clean.data),
+        )
     try:
         append_entry(
             locked,
@@ -132,11 +337,13 @@ def submit_task(
             reason=f"{spec.label}",
         )
     except InsufficientCredits as exc:  # the balance was checked under the lock; belt and braces
-        raise SubmitRefused(str(exc)) from None
-    TaskEvent.objects.create(task=task, to_state=task.state, actor=actor, reason="submitted")
-    # Only once the debit and the task are committed; a rollback leaves no job behind.
-    transaction.on_commit(partial(jobs.enqueue_submit, task.pk))
-    return task, True
+        raise SubmitRefused(str(exc), code="balance") from None
+    TaskEvent.objects.create(task=task, to_state=task.state, actor=order.actor, reason=order.note)
+    return task
+
+
+def data_uri(clean: EncodedImage) -> str:
+    return f"data:{clean.content_type};base64,{base64.b64encode(clean.data).decode('ascii')}"
 
 
 def transition(
@@ -232,19 +439,82 @@ def cancel_by_member(task: Task, *, actor: str = "member") -> bool:
     )
 
 
-@transaction.atomic
-def retry_task(task: Task, *, actor: str = "member") -> Task:
-    """Submit a failed or canceled task again as a new task with the same parameters: a new
-    debit. Raises SubmitRefused like any submit (no key, no balance, quota)."""
+@dataclass(frozen=True)
+class EncodedImage:
+    """A reference image as it is stored and sent: decoded and written again in its own
+    format, with nothing but its pixels (and its colour profile): no EXIF, no GPS position, no
+    XMP, no text chunks, no comments."""
+
+    data: bytes
+    content_type: str
+    extension: str
+
+
+@dataclass(frozen=True)
+class StoredReference:
+    """A reference image a task was sent, as an image of a new order (Try again): the stored
+    file was cleaned when it was uploaded, so it is copied as it is."""
+
+    reference: ReferenceImage
+
+    @property
+    def name(self) -> str:
+        return "A reference image of the earlier task"
+
+    @property
+    def width(self) -> int:
+        return self.reference.width
+
+    @property
+    def height(self) -> int:
+        return self.reference.height
+
+    def encoded(self) -> EncodedImage:
+        try:
+            with self.reference.file.open("rb") as handle:
+                data = handle.read()
+        except (FileNotFoundError, OSError):
+            raise ValidationError(
+                f"{self.name} is no longer stored; start again from Create."
+            ) from None
+        extension = self.reference.file.name.rsplit(".", 1)[-1]
+        return EncodedImage(data, self.reference.content_type, extension)
+
+
+def retry_order(task: Task, *, token: uuid.UUID | None, actor: str = "member") -> Order:
+    """The order that tries a failed or canceled task again: same request, key, visibility
+    and reference images. Raises SubmitRefused when the task cannot be tried again."""
     if task.state not in (Task.State.FAILED, Task.State.CANCELED):
-        raise SubmitRefused("Only a failed or canceled task can be tried again.")
+        raise SubmitRefused("Only a failed or canceled task can be tried again.", code="state")
     if task.key is None:
-        raise SubmitRefused("The key that paid for this task is gone; choose another key.")
-    new, _ = submit_task(task.user, task.generation_request(), key=task.key, actor=actor)
-    TaskEvent.objects.create(
-        task=new, to_state=new.state, actor=actor, reason=f"retry of task {task.code}"
+        raise SubmitRefused(
+            "The key that paid for this task is gone; choose another key.", code="key"
+        )
+    references = list(task.references.order_by("id"))
+    ours = reference_url("x")[:-1]
+    pasted = tuple(
+        url
+        for url in task.params.get("reference_images") or ()
+        if isinstance(url, str)
+        and not url.startswith(ours)
+        # Uploads sent inline are copied from their stored files instead.
+        and not (references and url.startswith("data:"))
     )
-    return new
+    request = replace(task.generation_request(), reference_images=pasted)
+    return Order(
+        items=(OrderItem(request, task.key),),
+        visibility=task.visibility,
+        images=tuple(StoredReference(reference) for reference in references),
+        token=token,
+        actor=actor,
+        note=f"retry of task {task.code}",
+    )
+
+
+def retry_task(task: Task, *, token: uuid.UUID | None = None, actor: str = "member") -> Task:
+    """Submit a failed or canceled task again as a new task: a new debit, through the one
+    submit path (rate limit and token included). Raises SubmitRefused like any submit."""
+    return submit_order(task.user, retry_order(task, token=token, actor=actor)).tasks[0]
 
 
 @transaction.atomic
@@ -262,18 +532,30 @@ def mark_delivered(task: Task, *, actor: str) -> bool:
     )
 
 
+# What "check now" may hurry: never a queued task, whose next step is a send that must wait
+# for its retry time.
+RECHECKABLE_STATES = (
+    Task.State.SUBMITTED,
+    Task.State.RUNNING,
+    Task.State.FETCHING,
+    Task.State.NEEDS_REVIEW,
+)
+
+
 def recheck_now(task: Task) -> bool:
-    """Ask the engine to look at an active task at once (admin action, webhook cue)."""
+    """Ask the engine to look at a task the gateway has at once (admin action, webhook cue).
+    A queued task is left alone: checking it would mean sending it."""
     return bool(
-        Task.objects.filter(pk=task.pk, state__in=Task.ACTIVE_STATES).update(
+        Task.objects.filter(pk=task.pk, state__in=RECHECKABLE_STATES).update(
             next_check_at=timezone.now()
         )
     )
 
 
 def delete_task(task: Task) -> bool:
-    """Delete a finished task for its member: files removed, row kept (the ledger refers to it)
-    and hidden everywhere. False for an active task, which must be canceled first."""
+    """Delete a finished task for its member: results and reference images removed, row kept
+    (the ledger refers to it) and hidden everywhere. False for an active task, which must be
+    canceled first."""
     from generations.models import Result
 
     updated = Task.objects.filter(
@@ -286,4 +568,8 @@ def delete_task(task: Task) -> bool:
             if stored:
                 stored.delete(save=False)
     Result.objects.filter(task=task).delete()
+    # The images the member sent with it go too: they lived only for this task.
+    for reference in ReferenceImage.objects.filter(task=task):
+        reference.file.delete(save=False)
+    ReferenceImage.objects.filter(task=task).delete()
     return True

@@ -9,14 +9,14 @@ storage it redirects to a link signed for a few minutes, after the same check.
 from __future__ import annotations
 
 import hmac
+import json
 import logging
 from urllib.parse import urlencode
-from uuid import UUID
+from uuid import UUID, uuid4
 
 from django.conf import settings
 from django.contrib import messages
 from django.contrib.auth.decorators import login_not_required
-from django.core.cache import cache
 from django.core.paginator import Paginator
 from django.http import FileResponse, Http404, HttpRequest, HttpResponse, HttpResponseRedirect
 from django.http.response import HttpResponseBase
@@ -27,16 +27,18 @@ from django.views.decorators.http import require_GET, require_POST
 
 from generations import providers
 from generations.cards import with_timing
-from generations.engine import callback_token_hash
+from generations.engine import callback_token_hash, note_callback
 from generations.models import Result, Task
 from generations.services import (
     CANCELABLE_STATES,
     SubmitRefused,
     cancel_by_member,
     delete_task,
-    recheck_now,
-    retry_task,
+    retry_order,
+    submit_order,
 )
+from omniweb import ratelimit
+from omniweb.clientip import client_address
 
 logger = logging.getLogger("omniweb.engine")
 
@@ -120,6 +122,8 @@ def task_detail(request: HttpRequest, code: UUID) -> HttpResponse:
             "entries": task.ledger_entries.order_by("created_at", "pk") if mine else [],
             "can_cancel": mine and task.state in CANCELABLE_STATES,
             "can_retry": mine and task.state in (Task.State.FAILED, Task.State.CANCELED),
+            # A fresh token each time the page is shown: one click, one new task.
+            "retry_token": uuid4(),
             "can_delete": mine and not task.is_active,
             "visibilities": Task.Visibility.choices,
             "watching": task.is_active,
@@ -140,15 +144,26 @@ def task_cancel(request: HttpRequest, code: UUID) -> HttpResponse:
 
 @require_POST
 def task_retry(request: HttpRequest, code: UUID) -> HttpResponse:
+    """Try again: an order built from the old task, through the one submit path. The button's
+    token makes a double click charge once."""
     task = own_task(request, code)
     try:
-        new = retry_task(task)
+        token = UUID(request.POST.get("form_token", ""))
+    except ValueError:
+        messages.error(request, "This button was incomplete; reload the page and try again.")
+        return redirect("generations-task", code=task.code)
+    try:
+        outcome = submit_order(request.user, retry_order(task, token=token))
     except SubmitRefused as exc:
         messages.error(request, str(exc))
         return redirect("generations-task", code=task.code)
-    messages.success(
-        request, f"Submitted again as a new task; {new.credits_charged} credits charged."
-    )
+    new = outcome.tasks[0]
+    if outcome.created:
+        messages.success(
+            request, f"Submitted again as a new task; {new.credits_charged} credits charged."
+        )
+    else:
+        messages.info(request, "This was already submitted again; nothing more was charged.")
     return redirect("generations-task", code=new.code)
 
 
@@ -244,29 +259,48 @@ def result_poster(request: HttpRequest, code: UUID, position: int) -> HttpRespon
 
 
 def _rate_limited(request: HttpRequest) -> bool:
-    """A fixed one-minute window per client address, shared by every process via the cache."""
-    key = f"omniweb:webhook-rate:{request.META.get('REMOTE_ADDR', '')}"
-    cache.add(key, 0, timeout=60)
+    """RELIABILITY 32, 33: WEBHOOK_RATE_PER_MINUTE calls per client address (as our trusted
+    proxies report it) in each clock minute, shared by every process via the cache. The window
+    is fixed: a caller who keeps calling is admitted again when the next minute starts."""
+    client = client_address(request)
+    calls = ratelimit.hit(f"webhook:{client}", ratelimit.MINUTE)
+    if calls == settings.WEBHOOK_RATE_PER_MINUTE + 1:  # the first refusal of the window only
+        logger.warning("event=webhook_rate_limited client=%s", client)
+    return calls > settings.WEBHOOK_RATE_PER_MINUTE
+
+
+# A callback is a task's status answer: a few kilobytes. Anything larger is not read.
+CALLBACK_MAX_BYTES = 64 * 1024
+
+
+def _callback_body(request: HttpRequest):
     try:
-        count = cache.incr(key)
-    except ValueError:  # expired between add and incr
-        cache.set(key, 1, timeout=60)
-        count = 1
-    return count > settings.WEBHOOK_RATE_PER_MINUTE
+        if int(request.META.get("CONTENT_LENGTH") or 0) > CALLBACK_MAX_BYTES:
+            return None
+        return json.loads(request.body[:CALLBACK_MAX_BYTES])
+    except ValueError:
+        return None
 
 
 @csrf_exempt  # gateways cannot send our CSRF token; the per-task token is the credential
 @login_not_required
 @require_POST
 def webhook(request: HttpRequest, token: str) -> HttpResponse:
-    """A gateway says a task changed. The body is never read: we only poll the task now, and
-    trust the gateway's status endpoint. Unknown, finished or forged tokens answer 404."""
+    """A gateway says a task changed. We trust the gateway's status endpoint, not this body:
+    the call only makes the next poll immediate, or, for a task whose submit answer was lost,
+    offers the task id the body names for the engine to confirm with a status query. Unknown,
+    finished or forged tokens answer 404."""
     if _rate_limited(request):
         return HttpResponse("Too many requests.", status=429, content_type="text/plain")
     digest = callback_token_hash(token)
     task = Task.objects.active().filter(callback_token_hash=digest).first()
     if task is None or not hmac.compare_digest(task.callback_token_hash, digest):
         raise Http404("No such task.")
-    recheck_now(task)
-    logger.info("event=webhook task=%s gateway=%s", task.pk, task.provider)
+    note_callback(task, _callback_body(request))
+    logger.info(
+        "event=webhook task=%s gateway=%s client=%s",
+        task.pk,
+        task.provider,
+        client_address(request),
+    )
     return HttpResponse(status=204)

@@ -133,7 +133,7 @@ def test_a_refused_submit_fails_with_the_gateways_message_and_refunds(respx_mock
     )
     task = step(task)
     assert task.state == Task.State.FAILED
-    assert "invalid duration 7" in task.message
+    assert "invalid duration 7" in task.details
     assert balance(member) == before + task.credits_charged
     assert LedgerEntry.objects.filter(task=task, kind="refund").count() == 1
 
@@ -322,7 +322,7 @@ def test_a_failed_task_is_refunded_once_and_never_polled_again(respx_mock, submi
     route.respond(json=apimart_status("failed", error={"message": "content policy", "code": "x"}))
     task = step(submitted)
     assert task.state == Task.State.FAILED
-    assert "content policy" in task.message
+    assert "content policy" in task.details
     assert task.next_check_at is None
     assert balance(member) == before + task.credits_charged
     assert not Task.objects.due(timezone.now() + timedelta(days=3)).filter(pk=task.pk).exists()
@@ -563,7 +563,7 @@ def test_two_dispatchers_lease_disjoint_tasks_and_respect_the_per_key_limit(memb
     second = Task.objects.lease_due("two", limit=10, per_key=10)
     assert len(first) == 2
     assert len(second) == 4
-    assert not {pk for pk, _ in first} & {pk for pk, _ in second}
+    assert not {lease.pk for lease in first} & {lease.pk for lease in second}
     assert Task.objects.lease_due("three", limit=10, per_key=10) == []
     assert len(tasks) == 6
 
@@ -573,7 +573,7 @@ def test_a_dead_workers_lease_expires_and_another_worker_takes_over(task):
         lease_owner="dead", lease_until=timezone.now() - timedelta(seconds=1)
     )
     leased = Task.objects.lease_due("alive", limit=5, per_key=5)
-    assert [pk for pk, _ in leased] == [task.pk]
+    assert [lease.pk for lease in leased] == [task.pk]
     task.refresh_from_db()
     assert task.lease_owner == "alive"
 

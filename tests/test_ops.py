@@ -20,7 +20,7 @@ from django.utils import timezone
 
 from accounts import ledger
 from accounts.models import LedgerEntry, ProviderKey
-from generations import jobs
+from generations import services
 from generations.models import Task, TaskEvent
 from generations.providers import GenerationRequest
 from generations.services import cancel_task, fail_task, submit_task
@@ -51,7 +51,7 @@ def task_row(user, **fields) -> Task:
 @pytest.fixture
 def no_jobs(monkeypatch):
     """Submits queue a job after commit; no worker runs in these tests, so none is queued."""
-    monkeypatch.setattr(jobs, "enqueue_submit", lambda pk: None)
+    monkeypatch.setattr(services, "enqueue_submit", lambda pk: None)
 
 
 @pytest.fixture

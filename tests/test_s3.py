@@ -230,11 +230,13 @@ def test_deleting_the_task_removes_its_objects_from_the_bucket(stored_task, alic
     assert logged_in(alice).get(f"/t/{task.code}/file/0").status_code == 404
 
 
-def test_a_reference_image_is_a_signed_redirect_for_the_gateway(alice, on_s3):
+def test_a_reference_image_is_a_signed_redirect_for_the_gateway(alice, key, on_s3):
     token = "r" * 43
     name = default_storage.save(f"references/{token}.png", ContentFile(PNG))
+    request = GenerationRequest("apimart", "Omni-Flash-Ext", "a heron", duration=4)
     ReferenceImage.objects.create(
         user=alice,
+        task=submit_task(alice, request, key=key)[0],  # active: its gateway may fetch it
         token=token,
         file=name,
         content_type="image/png",

@@ -1,5 +1,7 @@
 """A member's task pages: the list, one task, cancel, retry and the stored result files."""
 
+import uuid
+
 import pytest
 from django.core.files.base import ContentFile
 from django.core.files.storage import default_storage
@@ -111,7 +113,7 @@ def test_a_task_being_saved_cannot_be_canceled(client, alice, task):
 
 def test_retry_submits_a_new_task_with_the_same_parameters_and_a_new_debit(client, alice, task):
     fail_task(task, actor="test", reason="boom")
-    response = logged_in(client, alice).post(f"/t/{task.code}/retry")
+    response = logged_in(client, alice).post(f"/t/{task.code}/retry", {"form_token": uuid.uuid4()})
     new = Task.objects.exclude(pk=task.pk).get()
     assert response.status_code == 302 and response["Location"] == f"/t/{new.code}/"
     assert (new.provider, new.model, new.prompt, new.params) == (
@@ -124,7 +126,9 @@ def test_retry_submits_a_new_task_with_the_same_parameters_and_a_new_debit(clien
 
 
 def test_only_a_failed_or_canceled_task_can_be_retried(client, alice, task):
-    response = logged_in(client, alice).post(f"/t/{task.code}/retry", follow=True)
+    response = logged_in(client, alice).post(
+        f"/t/{task.code}/retry", {"form_token": uuid.uuid4()}, follow=True
+    )
     assert "Only a failed or canceled task" in response.content.decode()
     assert Task.objects.count() == 1
 

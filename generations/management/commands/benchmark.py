@@ -53,7 +53,7 @@ from django.utils import timezone
 from accounts import ledger
 from accounts.management.commands import benchmark_ledger as ledger_bench
 from accounts.models import LedgerEntry, ProviderKey
-from generations import jobs
+from generations import jobs, services
 from generations.management.commands import benchmark_gallery as gallery_bench
 from generations.models import Task
 from omniweb.benchmarking import throwaway_database
@@ -173,6 +173,9 @@ def run_dispatcher(database: str, seconds: float) -> dict:
         OMNIWEB_BENCHMARK_SECONDS=str(seconds),
         # A name of its own: a baton shared with a real dispatcher would stop one of them.
         OMNIWEB_BENCHMARK_DISPATCHER=f"benchmark-{uuid.uuid4().hex[:12]}",
+        # The stub gateway it polls listens on loopback, which gateway calls may not reach
+        # unless allowed.
+        OMNIWEB_GATEWAY_ALLOWED_HOSTS="127.0.0.1",
     )
     try:
         run = subprocess.run(
@@ -237,7 +240,7 @@ class Command(BaseCommand):
             gallery_bench.measuring_settings(__name__),
             # Submits are measured, not throttled; none queues a job for a real worker.
             override_settings(SUBMIT_RATE_PER_MINUTE=1_000_000_000),
-            mock.patch.object(jobs, "enqueue_submit", lambda pk: None),
+            mock.patch.object(services, "enqueue_submit", lambda pk: None),
             # Every login the test client makes would be logged; the table is the output.
             quiet(logging.getLogger("axes")),
         ):
