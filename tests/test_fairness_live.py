@@ -93,7 +93,8 @@ def test_a_trickling_gateway_on_two_keys_does_not_slow_another_members_task(
     """RELIABILITY 29: bob's task finishes within 1.5x its time alone while alice's slow
     gateway has every one of its tasks in flight."""
     settings.MEDIA_ROOT = tmp_path
-    settings.SIMULATOR_SECONDS = 2
+    # Long enough that the poll interval's jitter (up to a second) is small beside it.
+    settings.SIMULATOR_SECONDS = 3
     settings.SUBMIT_RATE_PER_MINUTE = 100
     cache.clear()
     for member in (alice, bob):
@@ -103,9 +104,10 @@ def test_a_trickling_gateway_on_two_keys_does_not_slow_another_members_task(
     slow = TricklingGateway()
     worker = Worker(tmp_path, **ENV)
     try:
-        # A first task warms the worker up (imports, connections); then bob's time alone.
+        # A first task warms the worker up (imports, connections); then bob's time alone, the
+        # slower of two runs, since polls land on a jittered schedule.
         seconds_to_finish(submit_task(bob, request, key=sim)[0], 60)
-        alone = seconds_to_finish(submit_task(bob, request, key=sim)[0], 60)
+        alone = max(seconds_to_finish(submit_task(bob, request, key=sim)[0], 60) for _ in "ab")
 
         keys = [make_key(alice, "apimart", slow.base_url, f"sk-fair-alice-000{n}") for n in (1, 2)]
         for key in keys:

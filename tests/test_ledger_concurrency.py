@@ -33,6 +33,12 @@ REQUEST = GenerationRequest("apimart", "Omni-Flash-Ext", "a cat", duration=4, re
 JOIN_SECONDS = 120
 
 
+@pytest.fixture(autouse=True)
+def no_rate_limit(settings):
+    """These tests are about money; the per-minute submit limit has a test of its own below."""
+    settings.SUBMIT_RATE_PER_MINUTE = 1_000_000
+
+
 @pytest.fixture
 def price() -> int:
     return quote(REQUEST).total
@@ -110,6 +116,25 @@ def test_it_admits_exactly_as_many_submits_as_the_balance_covers(alice, carol, a
     assert_ledger_clean(alice, 0)
     balances = LedgerEntry.objects.filter(user=alice).values_list("balance_after", flat=True)
     assert min(balances) == 0
+
+
+def test_the_submit_rate_limit_holds_when_submits_arrive_together(
+    alice, carol, alice_key, price, settings
+):
+    """RELIABILITY 26: the per-minute limit is checked under the member's lock, so 16 threads
+    submitting together cannot slip past it."""
+    settings.SUBMIT_RATE_PER_MINUTE = 20
+    ledger.grant(alice, 100 * price, by=carol, reason="plenty")
+
+    def member(barrier):
+        barrier.wait()
+        return [submit_outcome(alice, alice_key) for _ in range(3)]
+
+    outcomes = [o for batch in run_together([member] * 16) for o in batch]
+
+    assert Counter(kind for kind, _ in outcomes) == {"ok": 20, "refused": 28}
+    assert Task.objects.filter(user=alice).count() == 20
+    assert_ledger_clean(alice, 80 * price)
 
 
 def test_the_active_task_limit_holds_when_submits_arrive_together(alice, carol, alice_key, price):
