@@ -14,6 +14,8 @@ from django.core.exceptions import ValidationError
 from django.core.validators import URLValidator
 from django.db import models
 from django.db.models import Q
+from django.db.models.signals import post_save
+from django.dispatch import receiver
 from django.utils import timezone
 from django.views.decorators.debug import sensitive_variables
 
@@ -65,6 +67,10 @@ validate_base_url = URLValidator(
 )
 
 
+# The demo's simulator keys are labelled "Simulator (APIMart)" and so on.
+SIMULATOR_LABEL_PREFIX = "Simulator ("
+
+
 class ProviderKeyQuerySet(models.QuerySet):
     def visible_to(self, user) -> "ProviderKeyQuerySet":
         """The member's own keys and the team keys shared with them."""
@@ -77,6 +83,12 @@ class ProviderKeyQuerySet(models.QuerySet):
 
     def team(self) -> "ProviderKeyQuerySet":
         return self.filter(owner__isnull=True)
+
+    def simulator(self) -> "ProviderKeyQuerySet":
+        """The demo's simulator keys: the team keys ensure_demo made for this site's simulator."""
+        return self.team().filter(
+            label__startswith=SIMULATOR_LABEL_PREFIX, base_url__contains="/simulator/"
+        )
 
     def choices_for(self, user, provider: str) -> "ProviderKeyQuerySet":
         """The keys a member may pay with on `provider`, their own first: the first is the
@@ -181,6 +193,14 @@ class ProviderKey(models.Model):
         when = when or timezone.now()
         ProviderKey.objects.filter(pk=self.pk).update(invalid_at=when, invalid_message=message)
         self.invalid_at, self.invalid_message = when, message
+
+
+@receiver(post_save, sender=User, dispatch_uid="accounts.share_simulator_keys")
+def share_simulator_keys(sender, instance: User, created: bool, raw: bool = False, **kwargs):
+    """In the demo every member may use the simulator keys, so a member an admin adds can
+    generate at once; ensure_demo shares them with the members there are when it runs."""
+    if created and not raw and settings.SIMULATOR_ENABLED:
+        instance.shared_provider_keys.add(*ProviderKey.objects.simulator())
 
 
 # --- Credits ledger ---------------------------------------------------------------------------

@@ -1,4 +1,5 @@
-"""What a task card shows beyond the task's own fields: elapsed time, progress and ETA.
+"""What a task card shows beyond the task's own fields: elapsed time, progress and ETA, and
+whether it can still be canceled or was refunded.
 
 A gateway's own percentage is shown as it is. Where a gateway gives none, the card estimates
 from the gateway's `estimated_time`, or else from how long recent tasks of the same model and
@@ -14,6 +15,7 @@ from statistics import median
 from django.utils import timezone
 
 from generations.models import Task
+from generations.services import CANCELABLE_STATES
 
 RECENT_SAMPLE = 200
 
@@ -60,10 +62,17 @@ def timing(task: Task, typical: dict | None = None) -> Timing:
     return Timing(elapsed, None, False, None)
 
 
+# Every way a task fails or is canceled refunds it in the same transaction
+# (services._end_with_refund), so a card in one of these states may say "refunded".
+REFUNDED_STATES = (Task.State.FAILED, Task.State.CANCELED)
+
+
 def with_timing(tasks) -> list[Task]:
-    """The tasks, each with `.timing` set for its card."""
+    """The tasks, each with `.timing`, `.cancelable` and `.refunded` set for its card."""
     tasks = list(tasks)
     typical = typical_seconds() if any(t.is_active for t in tasks) else {}
     for task in tasks:
         task.timing = timing(task, typical)
+        task.cancelable = task.state in CANCELABLE_STATES
+        task.refunded = task.state in REFUNDED_STATES
     return tasks

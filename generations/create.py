@@ -26,7 +26,15 @@ from django.views.decorators.http import (
 
 from generations import services
 from generations.cards import with_timing
-from generations.forms import DEFAULT_SPEC, CreateForm, initial_from, spec_for
+from generations.forms import (
+    DEFAULT_SPEC,
+    MAX_CARRIED,
+    CreateForm,
+    carried_references,
+    find_carried,
+    initial_from,
+    spec_for,
+)
 from generations.models import PriceMissing, ReferenceImage, Task, quote
 from generations.providers import GenerationRequest, catalog
 
@@ -105,10 +113,34 @@ def create_fields(request: HttpRequest) -> HttpResponse:
 def _render(
     request: HttpRequest, form: CreateForm, *, summary: str = "", card: Task | None = None
 ) -> HttpResponse:
+    # The order the create form shows its fields in (the form declares some in another order).
+    shown = (
+        "prompt",
+        "model",
+        "duration",
+        "resolution",
+        "aspect_ratio",
+        "carried",
+        "reference_files",
+        "reference_urls",
+        "key",
+        "visibility",
+    )
+    if request.method == "POST":
+        # A submit may have just charged the member: request.user still holds the balance read
+        # when the request began, and the price line's "balance after" must not lag one behind.
+        request.user.refresh_from_db(fields=["credit_balance"])
     context = {
         "form": form,
         "price": price_for(request.user, form.price_inputs()),
         "summary": summary,
+        # The fields with errors, in the order the page shows them: the summary at the top of
+        # the form lists each with a link to it (the token's error is the summary's own text).
+        "problems": [
+            form[name]
+            for name in dict.fromkeys((*shown, *form.fields))
+            if name in form.fields and name != "form_token" and form.has_error(name)
+        ],
         "card": card,
     }
     # Only a submit answers with the bare form; a GET is always the whole page (deep links,
@@ -127,7 +159,7 @@ def _render(
 def create(request: HttpRequest) -> HttpResponse:
     if request.method == "POST":
         return _submit(request)
-    initial = _reuse(request, request.GET["from"]) if request.GET.get("from") else {}
+    initial = _reuse(request)
     spec = spec_for(request.GET.get("model") or initial.get("model")) or DEFAULT_SPEC
     return _render(request, CreateForm(user=request.user, spec=spec, initial=initial))
 
@@ -139,6 +171,15 @@ def _submit(request: HttpRequest) -> HttpResponse:
         # keeping what was typed. Nothing is submitted.
         initial = initial_from(request.POST, spec)
         return _render(request, CreateForm(user=request.user, spec=spec, initial=initial))
+    if "clear" in request.POST:
+        # The Clear button: the same model and settings, with no prompt and no images. Nothing
+        # is submitted; the prompt takes the focus, ready for the next idea.
+        initial = initial_from(request.POST, spec)
+        for name in ("prompt", "reference_urls", "carried"):
+            initial.pop(name, None)
+        fresh = CreateForm(user=request.user, spec=spec, initial=initial)
+        fresh.fields["prompt"].widget.attrs["autofocus"] = True
+        return _render(request, fresh)
 
     form = CreateForm(request.POST, request.FILES, user=request.user, spec=spec)
     if not form.is_valid():
@@ -160,8 +201,10 @@ def _submit(request: HttpRequest) -> HttpResponse:
         messages.info(request, "This form was already submitted; nothing more was charged.")
     if not request.htmx:
         return redirect("generations-task", code=task.code)
+    # The prompt, the settings and the images stay: they are where the next try starts. A
+    # file input cannot keep a file, so the images come back as the task's stored copies.
     initial = initial_from(request.POST, spec)
-    initial.update(prompt="", reference_urls="", form_token=uuid.uuid4())
+    initial.update(form_token=uuid.uuid4(), carried=carried_references(task))
     fresh = CreateForm(user=request.user, spec=spec, initial=initial)
     card = None
     if outcome.created:
@@ -174,29 +217,56 @@ def _submit(request: HttpRequest) -> HttpResponse:
 
 
 def order_from(form: CreateForm) -> services.Order:
-    """The order a valid create form describes; the service checks and charges it."""
+    """The order a valid create form describes; the service checks and charges it. Carried
+    images come first (they are shown first), as new copies of their stored files."""
     data = form.cleaned_data
+    carried = tuple(image.source for image in data.get("carried") or ())
     return services.Order(
         items=(services.OrderItem(form.generation_request(()), data["key"]),),
         visibility=data["visibility"],
-        images=tuple(data.get("reference_files") or ()),
+        images=carried + tuple(data.get("reference_files") or ()),
         token=data["form_token"],
     )
 
 
-def _reuse(request: HttpRequest, value: str) -> dict:
-    """The form's starting values copied from a task the member may see; uploads are not
-    copied (they were the other task's), pasted image addresses are."""
-    try:
-        code = uuid.UUID(value)
-    except ValueError:
-        code = None
-    task = Task.objects.visible_to(request.user).filter(code=code).first() if code else None
-    if task is None:
-        messages.info(request, "That task cannot be copied; the form starts empty.")
-        return {}
+def _reuse(request: HttpRequest) -> dict:
+    """The form's starting values from the address.
+
+    `from` (Reuse prompt and settings) copies a task the member may see: its prompt, settings
+    and pasted image addresses, and carries the images it was sent as their stored copies
+    (never their public links, which close when the task ends). `carry` (Use as reference)
+    carries stored images, such as a result image or a video's poster, and picks a model that
+    takes reference images.
+    """
+    initial: dict = {}
+    if request.GET.get("from"):
+        try:
+            code = uuid.UUID(request.GET["from"])
+        except ValueError:
+            code = None
+        visible = Task.objects.visible_to(request.user)
+        task = visible.filter(code=code).first() if code else None
+        if task is None:
+            messages.info(request, "That task cannot be copied; the form starts empty.")
+        else:
+            initial = _copied(task)
+    values = request.GET.getlist("carry")
+    if values:
+        found = [find_carried(request.user, value) for value in values[:MAX_CARRIED]]
+        images = [image for image in found if image is not None]
+        if len(images) < len(values):
+            messages.info(request, "An image in the address cannot be used; it was left out.")
+        initial["carried"] = [*initial.get("carried", ()), *(image.value for image in images)]
+        if images and "model" not in initial:
+            initial["model"] = _model_taking_images(images[0].task)
+    return initial
+
+
+def _copied(task: Task) -> dict:
     params = task.params or {}
     ours = services.reference_url("x")[:-1] if settings.PUBLIC_URL else None
+    # Uploads went out as our own links or inline data; they are carried as stored copies
+    # below, so only the addresses the member pasted are copied as text.
     urls = [
         url
         for url in params.get("reference_images") or ()
@@ -208,11 +278,23 @@ def _reuse(request: HttpRequest, value: str) -> dict:
         "model": f"{task.provider}/{task.model}",
         "prompt": task.prompt,
         "reference_urls": "\n".join(urls),
+        "carried": carried_references(task),
     }
     for name in ("duration", "resolution", "aspect_ratio"):
         if params.get(name) is not None:
             initial[name] = str(params[name])
     return initial
+
+
+def _model_taking_images(task: Task) -> str:
+    """The task's own model if it takes reference images; else the first model that does and
+    makes the same kind of thing (a video's poster starts a video), else the first that does."""
+    spec = task.spec
+    if spec is not None and spec.accepts_images:
+        return spec.key
+    taking = [candidate for candidate in catalog.MODELS if candidate.accepts_images]
+    alike = [candidate for candidate in taking if candidate.kind.value == task.kind]
+    return (alike or taking)[0].key
 
 
 # --- reference images for the gateways -------------------------------------------------------

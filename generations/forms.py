@@ -13,7 +13,8 @@ import contextlib
 import io
 import struct
 import uuid
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
+from functools import cached_property
 from typing import Any
 
 from django import forms
@@ -21,14 +22,21 @@ from django.conf import settings
 from django.core.exceptions import ValidationError
 from django.core.validators import URLValidator
 from django.urls import reverse
+from django.utils.text import Truncator
 from PIL import ExifTags, Image
 
 from accounts.models import ProviderKey
 from generations import providers
-from generations.models import Task
+from generations.models import ReferenceImage, Result, Task
 from generations.providers import GenerationRequest, catalog
 from generations.providers.catalog import ModelSpec
-from generations.services import DATA_URI_GATEWAYS, EncodedImage
+from generations.services import (
+    DATA_URI_GATEWAYS,
+    EncodedImage,
+    OrderImage,
+    StoredReference,
+    StoredResult,
+)
 
 MAX_IMAGE_BYTES = 10 * 1024 * 1024
 MIN_SIDE, MAX_SIDE = 64, 8192
@@ -238,6 +246,113 @@ class ImagesField(forms.FileField):
         return [single(upload, initial) for upload in uploads if upload]
 
 
+# --- images carried over from earlier tasks -------------------------------------------------
+
+# More than any model takes: a longer list is refused before anything is looked up.
+MAX_CARRIED = 10
+CARRIED_KINDS = ("reference", "result", "poster")
+
+
+@dataclass(frozen=True)
+class CarriedImage:
+    """A stored image the create form carries over from a task the member may see: one the
+    task was sent ("reference"), the image it made ("result"), or its poster ("poster").
+
+    A file input cannot keep a file across a page load, so the form names the stored image
+    instead, as `value` ("<kind>:<task code>:<position>"): never its public link, never a
+    primary key. The next submit stores a new copy of it (`source`) with the new task.
+    """
+
+    value: str
+    source: OrderImage
+    url: str  # the member-only address the thumbnail is shown from
+    description: str
+    width: int | None
+    height: int | None
+    task: Task  # the task it comes from
+    removed: bool = False
+
+
+def find_carried(user, value: str) -> CarriedImage | None:
+    """The stored image `value` names, if its task is one `user` may see; None otherwise.
+    A mistyped value, a deleted task and another member's private task all look the same."""
+    kind, _, rest = str(value).partition(":")
+    code, _, position = rest.partition(":")
+    try:
+        code, position = uuid.UUID(code), int(position)
+    except ValueError:
+        return None
+    if kind not in CARRIED_KINDS or position < 0:
+        return None
+    visible = Task.objects.visible_to(user)
+    value = f"{kind}:{code}:{position}"
+    if kind == "reference":
+        # A task's references in the order it was sent them: position n is the nth image.
+        found = list(
+            ReferenceImage.objects.filter(task__in=visible, task__code=code)
+            .select_related("task")
+            .order_by("id")[position : position + 1]
+        )
+        if not found:
+            return None
+        (reference,) = found
+        return CarriedImage(
+            value,
+            StoredReference(reference),
+            reverse("generations-task-reference", args=[code, position]),
+            f"Reference image {position + 1} of “{_short(reference.task.prompt)}”",
+            reference.width,
+            reference.height,
+            reference.task,
+        )
+    result = (
+        Result.objects.filter(task__in=visible, task__code=code, position=position)
+        .select_related("task")
+        .first()
+    )
+    if result is None:
+        return None
+    poster = reverse("generations-poster", args=[code, position])
+    if kind == "poster":
+        if not result.poster:
+            return None
+        what, url = "The poster of", poster
+    else:
+        if result.content_type not in PILLOW_FORMATS:
+            return None  # a video, or an image format references cannot be
+        what = "The result of"
+        # The poster is the image's small copy: enough for a thumbnail.
+        url = poster if result.poster else reverse("generations-file", args=[code, position])
+    return CarriedImage(
+        value,
+        StoredResult(result, poster=kind == "poster"),
+        url,
+        f"{what} “{_short(result.task.prompt)}”",
+        result.width,
+        result.height,
+        result.task,
+    )
+
+
+def carried_references(task: Task) -> list[str]:
+    """The values that carry every image `task` was sent, in the order it was sent them."""
+    return [f"reference:{task.code}:{n}" for n in range(task.references.count())]
+
+
+def _short(prompt: str) -> str:
+    return Truncator(prompt).chars(60)
+
+
+class ValuesField(forms.Field):
+    """Short strings posted under one name, by hidden inputs or checkboxes."""
+
+    widget = forms.MultipleHiddenInput
+
+    def to_python(self, value) -> list[str]:
+        values = value if isinstance(value, list | tuple) else [value] if value else []
+        return [str(v) for v in values if v]
+
+
 class CreateForm(forms.Form):
     """What a member sends to make one task; `spec` decides which fields exist."""
 
@@ -329,11 +444,17 @@ class CreateForm(forms.Form):
                 help_text="One web address per line, starting with https://.",
                 widget=forms.Textarea(attrs={"rows": 2, "spellcheck": "false"}),
             )
+            # Images carried over from an earlier task (shown as thumbnails by
+            # _carried_images.html), and those the member ticked to leave out.
+            self.fields["carried"] = ValuesField(required=False)
+            self.fields["remove_carried"] = ValuesField(required=False)
         self.fields["key"] = forms.ChoiceField(
             label="Pay with key",
             choices=[(str(key.code), self._key_label(key)) for key in self.keys],
             error_messages={
-                "required": f"Add a key for {self.gateway} under Keys first.",
+                "required": (
+                    f"Add your own {self.gateway} key under Keys, or ask an admin to share one."
+                ),
                 "invalid_choice": f"Choose one of your active keys for {self.gateway}.",
             },
         )
@@ -356,7 +477,30 @@ class CreateForm(forms.Form):
 
     @property
     def has_image_errors(self) -> bool:
-        return any(self.has_error(name) for name in ("reference_files", "reference_urls"))
+        names = ("reference_files", "reference_urls", "carried")
+        return any(self.has_error(name) for name in names)
+
+    @property
+    def carried_images(self) -> list[CarriedImage]:
+        """The carried images to show, those ticked to leave out included (marked)."""
+        return self._carried[0]
+
+    @cached_property
+    def _carried(self) -> tuple[list[CarriedImage], int]:
+        """(the carried images the member may see, how many named ones they may not)."""
+        if "carried" not in self.fields:
+            return [], 0
+        removed = set(self["remove_carried"].value() or ())
+        images, missing, seen = [], 0, set()
+        for value in (self["carried"].value() or [])[:MAX_CARRIED]:
+            image = find_carried(self.user, value)
+            if image is None:
+                if value not in removed:  # left out anyway: nothing to tell
+                    missing += 1
+            elif image.value not in seen:
+                seen.add(image.value)
+                images.append(replace(image, removed=image.value in removed or value in removed))
+        return images, missing
 
     def price_inputs(self) -> dict[str, str]:
         """The values the price depends on, as they stand in the form."""
@@ -409,6 +553,20 @@ class CreateForm(forms.Form):
             raise ValidationError(errors)
         return checked
 
+    def clean_carried(self) -> list[CarriedImage]:
+        if len(self.cleaned_data["carried"]) > MAX_CARRIED:
+            raise ValidationError(
+                f"A form carries at most {MAX_CARRIED} images; reload the page and try again."
+            )
+        images, missing = self._carried
+        if missing:
+            raise ValidationError(
+                "An image carried over from an earlier task is no longer available (its task "
+                "was deleted or is no longer shared), so it was left out. Check the images and "
+                "submit again."
+            )
+        return [image for image in images if not image.removed]
+
     def clean_reference_urls(self) -> list[str]:
         lines = [line.strip() for line in self.cleaned_data["reference_urls"].splitlines()]
         urls = [line for line in lines if line]
@@ -427,7 +585,7 @@ class CreateForm(forms.Form):
 
     def clean(self):
         cleaned = super().clean()
-        images = cleaned.get("reference_files") or []
+        images = [*(cleaned.get("reference_files") or []), *(cleaned.get("carried") or [])]
         if (
             images
             and self.spec.provider not in DATA_URI_GATEWAYS
@@ -454,8 +612,9 @@ class CreateForm(forms.Form):
     @property
     def images_field(self) -> str:
         """Where a problem with the reference images as a whole is shown."""
-        uploads = self.cleaned_data.get("reference_files") if hasattr(self, "cleaned_data") else []
-        return "reference_files" if uploads else "reference_urls"
+        cleaned = getattr(self, "cleaned_data", {})
+        images = cleaned.get("reference_files") or cleaned.get("carried")
+        return "reference_files" if images else "reference_urls"
 
     def generation_request(self, uploads: tuple[str, ...]) -> GenerationRequest:
         """The request as the member filled it in; `uploads` stand for the uploaded images."""
@@ -489,6 +648,11 @@ def initial_from(data, spec: ModelSpec) -> dict:
             initial[name] = data[name]
     if data.get("visibility") in Task.Visibility.values:
         initial["visibility"] = data["visibility"]
+    if hasattr(data, "getlist"):
+        # Carried images stay with the form (checked again when it is submitted), except
+        # those the member ticked to leave out.
+        removed = set(data.getlist("remove_carried"))
+        initial["carried"] = [v for v in data.getlist("carried") if v not in removed]
     with contextlib.suppress(ValueError):
         initial["form_token"] = uuid.UUID(data.get("form_token") or "")
     allowed = {

@@ -12,7 +12,8 @@ tick), enqueues its successor when its time is up, and steps down within a tick 
 of its name takes the baton. A once-a-minute schedule (`ensure_dispatchers`) restarts any
 dispatcher whose baton expired because its worker died. DISPATCHERS sets how many run side by
 side; any number on any number of hosts is safe, because a task is leased before it is worked
-on.
+on. When its worker is told to stop, a run stops leasing within a tick, hands over, finishes
+what it holds and returns, so the worker stops in seconds rather than after the run's time.
 """
 
 from __future__ import annotations
@@ -31,6 +32,10 @@ from django.core.cache import cache
 from django.db import connections
 from django.db.utils import InterfaceError, OperationalError
 from django.utils import timezone
+from django_q.brokers import get_broker
+from django_q.conf import Conf
+from django_q.signing import SignedPackage
+from django_q.status import Stat
 from django_q.tasks import async_task
 
 from generations.models import Lease, Task
@@ -84,6 +89,44 @@ def ensure_schedule(**kwargs) -> None:
     )
 
 
+class WorkerStop:
+    """Whether the worker cluster this process belongs to has been told to stop.
+
+    django-q2 stops a cluster (on SIGTERM or SIGINT to its main process) by stopping its
+    pusher and queueing one "STOP" per worker, which a worker reads only once its job has
+    returned: no signal or event reaches a running job. What a job can see is the status its
+    cluster publishes every half second (the one /healthz reads), found through the worker's
+    parent process, the cluster's sentinel. Outside a cluster (a job run inline) it never asks.
+    """
+
+    def __init__(self) -> None:
+        self.sentinel = os.getppid()
+        self.broker = None
+        self.key = None
+        try:
+            broker = get_broker()
+            host = socket.gethostname()
+            for stat in Stat.get_all(broker):
+                if stat.sentinel == self.sentinel and stat.host == host:
+                    self.broker, self.key = broker, Stat.get_key(stat.cluster_id)
+                    break
+        except Exception:
+            # Without the status the run lasts its full time, which is safe, only slower.
+            logger.warning("event=dispatch_worker_status_unknown", exc_info=True)
+
+    def requested(self) -> bool:
+        if self.key is None:
+            return False
+        if os.getppid() != self.sentinel:
+            return True  # the sentinel is gone: nobody will ask this worker for more work
+        try:
+            pack = self.broker.get_stat(self.key)
+            status = SignedPackage.loads(pack).status if pack else None
+        except Exception:
+            return False  # a missed reading is not a stop; the next tick asks again
+        return status in (Conf.STOPPING, Conf.STOPPED)
+
+
 def work_on(pk: int, owner: str) -> None:
     """Advance one task this owner has leased, then let go of it."""
     from generations import engine
@@ -121,7 +164,8 @@ def submit(pk: int) -> str:
 
 def dispatch(name: str = "d0", seconds: float | None = None) -> str:
     """Job: lease and advance due tasks for `seconds`, then hand over to a successor of the
-    same name. Steps down within a tick when a newer run of that name takes the baton."""
+    same name. Steps down within a tick when a newer run of that name takes the baton, and
+    hands over early when its worker is told to stop."""
     seconds = settings.DISPATCH_SECONDS if seconds is None else seconds
     run_id = uuid.uuid4().hex
     owner = _owner(f"dispatch-{name}")
@@ -135,6 +179,8 @@ def dispatch(name: str = "d0", seconds: float | None = None) -> str:
     busy_members: Counter = Counter()
     worked = 0
     handed_over = False
+    stopping = False
+    worker_stop = WorkerStop()
     database_errors = 0
     cache.set(baton(name), run_id, timeout=BATON_SECONDS)
 
@@ -151,6 +197,9 @@ def dispatch(name: str = "d0", seconds: float | None = None) -> str:
                 holder = cache.get(baton(name))
                 if holder not in (None, run_id):
                     handed_over = True
+                    break
+                if worker_stop.requested():
+                    stopping = True
                     break
                 cache.set(baton(name), run_id, timeout=BATON_SECONDS)
                 free = concurrency - len(in_flight)
@@ -191,10 +240,17 @@ def dispatch(name: str = "d0", seconds: float | None = None) -> str:
             elif not leased:
                 time.sleep(TICK_SECONDS)
         # Hand over first, then finish what was leased: a successor leases other due tasks
-        # while this run's slow gateway calls run out their deadline.
+        # while this run's slow gateway calls run out their deadline. A run whose worker is
+        # stopping hands over too: another worker, or this one's next start, carries on.
         if not handed_over and cache.get(baton(name)) in (None, run_id):
             cache.delete(baton(name))
             async_task("generations.jobs.dispatch", name=name, task_name=f"dispatch {name}")
         wait(in_flight)
-    logger.info("event=dispatch_run name=%s worked=%s handed_over=%s", name, worked, handed_over)
+    logger.info(
+        "event=dispatch_run name=%s worked=%s handed_over=%s stopped=%s",
+        name,
+        worked,
+        handed_over,
+        stopping,
+    )
     return f"worked on {worked} tasks"

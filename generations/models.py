@@ -1,16 +1,19 @@
 """Generation tasks, their history, and the prices members pay for them."""
 
 import math
+import re
 import uuid
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import timedelta
 from decimal import Decimal
 from typing import NamedTuple
 
 from django.conf import settings
+from django.contrib.postgres.search import SearchQuery, SearchVector, SearchVectorExact
 from django.core.exceptions import ValidationError
 from django.core.validators import MinValueValidator
-from django.db import models
+from django.db import connections, models
 from django.db.models.functions import Coalesce
 from django.utils import timezone
 
@@ -120,6 +123,49 @@ class TaskQuerySet(models.QuerySet):
         return self.filter(
             state=Task.State.SUCCEEDED, visibility=Task.Visibility.TEAM, deleted_at__isnull=True
         )
+
+    # Scripts written without spaces between words (Thai, Lao, Myanmar, Khmer, Japanese kana,
+    # Chinese characters): PostgreSQL's parser reads a whole sentence in them as one word.
+    UNSPACED_SCRIPT = re.compile(
+        "[\u0e00-\u0eff\u1000-\u109f\u1780-\u17ff\u3040-\u30ff\u3400-\u4dbf"
+        "\u4e00-\u9fff\uf900-\ufaff]"
+    )
+
+    def search(self, words: Sequence[str]) -> "TaskQuerySet":
+        """Tasks whose prompt has every one of `words` (as gallery.search_words splits a
+        search), in any order, whatever their case.
+
+        On PostgreSQL a word matches the prompt's words that start with it once both are
+        reduced to their English stem: "fox" finds "foxes" and "foxglove", "foxes" finds
+        "fox", "running" finds "runs". Very common English words ("the", "of") are skipped,
+        so a search made only of them finds nothing. The full-text index of migration 0009
+        finds the matching prompts: its expression and the one here must stay the same, and
+        pages order their matches with gallery.matches_newest_first so that the planner uses
+        it. A word in a script written without spaces is looked for as a substring instead,
+        outside the index.
+
+        On SQLite a word matches anywhere in the prompt ("fox" finds "foxes" and "silverfox",
+        "foxes" does not find "fox"), case ignored for A to Z only, and every prompt is read.
+        """
+        if not words:
+            return self
+        if connections[self.db].vendor != "postgresql":
+            return self.filter(*(models.Q(prompt__icontains=word) for word in words))
+        unspaced = [word for word in words if self.UNSPACED_SCRIPT.search(word)]
+        tasks = self.filter(*(models.Q(prompt__icontains=word) for word in unspaced))
+        spaced = [word for word in words if word not in unspaced]
+        if spaced:
+            # Each word quoted, so nothing in it is read as query syntax; ":*" makes it a prefix.
+            query = " & ".join(
+                "'" + word.replace("\\", "\\\\").replace("'", "''") + "':*" for word in spaced
+            )
+            tasks = tasks.filter(
+                SearchVectorExact(
+                    SearchVector("prompt", config="english"),
+                    SearchQuery(query, search_type="raw", config="english"),
+                )
+            )
+        return tasks
 
     def active(self) -> "TaskQuerySet":
         return self.filter(state__in=Task.ACTIVE_STATES)

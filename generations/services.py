@@ -30,7 +30,7 @@ from django_q.tasks import async_task
 
 from accounts.ledger import InsufficientCredits, append_entry, effective_quota, lock_user, spending
 from accounts.models import LedgerEntry, ProviderKey
-from generations.models import PriceMissing, ReferenceImage, Task, TaskEvent, quote
+from generations.models import PriceMissing, ReferenceImage, Result, Task, TaskEvent, quote
 from generations.providers import GenerationRequest, catalog
 
 # Gateways whose document accepts an image inline as a base64 data URI; the others fetch a URL.
@@ -479,6 +479,53 @@ class StoredReference:
             ) from None
         extension = self.reference.file.name.rsplit(".", 1)[-1]
         return EncodedImage(data, self.reference.content_type, extension)
+
+
+@dataclass(frozen=True)
+class StoredResult:
+    """A stored result image, or a result's poster, as an image of a new order (Use as
+    reference). The gateway made that file, not the member's checked upload, so the copy is
+    checked and written again like an upload: its header against the upload limits, then its
+    pixels decoded once without metadata. The stored file is read only when the order is
+    about to be stored (`encoded()`), after the cheap checks."""
+
+    result: Result
+    poster: bool = False
+
+    @property
+    def name(self) -> str:
+        return "The poster of the earlier result" if self.poster else "The earlier result image"
+
+    @property
+    def width(self) -> int:
+        return self._checked().width
+
+    @property
+    def height(self) -> int:
+        return self._checked().height
+
+    def encoded(self) -> EncodedImage:
+        return self._checked().encoded()
+
+    def _checked(self):
+        """The stored file as a CheckedImage (read and checked on the first call only)."""
+        cached = self.__dict__.get("_checked_image")
+        if cached is None:
+            # The form module checks uploads; it imports this one, so it is imported here.
+            from generations.forms import MAX_IMAGE_BYTES, check_image
+
+            stored = self.result.poster if self.poster else self.result.file
+            try:
+                with stored.open("rb") as handle:
+                    # One byte past the limit is enough for the check to refuse a larger file.
+                    data = handle.read(MAX_IMAGE_BYTES + 1)
+            except (FileNotFoundError, OSError, ValueError):
+                raise ValidationError(
+                    f"{self.name} is no longer stored; choose another image."
+                ) from None
+            cached = check_image(ContentFile(data, name=self.name))
+            object.__setattr__(self, "_checked_image", cached)
+        return cached
 
 
 def retry_order(task: Task, *, token: uuid.UUID | None, actor: str = "member") -> Order:

@@ -14,6 +14,11 @@ urlpatterns = [
     path("tasks/cards", views.task_cards, name="generations-cards"),
     path("t/<uuid:code>/file/<int:position>", views.result_file, name="generations-file"),
     path("t/<uuid:code>/poster/<int:position>", views.result_poster, name="generations-poster"),
+    path(
+        "t/<uuid:code>/reference/<int:position>",
+        views.task_reference,
+        name="generations-task-reference",
+    ),
     path("hooks/<str:token>", views.webhook, name="generations-webhook"),
     path("", include("generations.create_urls")),
     path("", include("generations.gallery_urls")),

@@ -17,6 +17,7 @@ from uuid import UUID, uuid4
 from django.conf import settings
 from django.contrib import messages
 from django.contrib.auth.decorators import login_not_required
+from django.core.exceptions import ValidationError
 from django.core.paginator import Paginator
 from django.http import FileResponse, Http404, HttpRequest, HttpResponse, HttpResponseRedirect
 from django.http.response import HttpResponseBase
@@ -28,6 +29,7 @@ from django.views.decorators.http import require_GET, require_POST
 from generations import providers
 from generations.cards import with_timing
 from generations.engine import callback_token_hash, note_callback
+from generations.gallery import SEARCH_MAX_LENGTH, SearchField, matches_newest_first
 from generations.models import Result, Task
 from generations.services import (
     CANCELABLE_STATES,
@@ -56,7 +58,8 @@ TASK_FILTERS = {
 
 
 def task_list(request: HttpRequest) -> HttpResponse:
-    """My tasks: every task of the member as a card, filtered, newest first."""
+    """My tasks: every task of the member as a card, filtered, searched (as in the gallery),
+    newest first."""
     tasks = Task.objects.owned_by(request.user).prefetch_related("results")
     chosen, problems = {}, []
     for name, allowed in TASK_FILTERS.items():
@@ -68,9 +71,18 @@ def task_list(request: HttpRequest) -> HttpResponse:
         else:
             problems.append(f"There is no {name} {value!r}; that filter was ignored.")
     tasks = tasks.filter(**chosen)
+    search = request.GET.get("q", "")
+    try:
+        words = SearchField().clean(search)
+    except ValidationError as error:
+        words = []
+        problems.extend(error.messages)
+    if words:
+        tasks = matches_newest_first(tasks.search(words), "created_at")
     page = Paginator(tasks, 24).get_page(request.GET.get("page"))
     cards = with_timing(page.object_list)
-    query = urlencode(chosen)
+    # Page links keep the filters and the search that applied.
+    query = urlencode({**chosen, "q": search} if words else chosen)
     return render(
         request,
         "generations/task_list.html",
@@ -79,6 +91,9 @@ def task_list(request: HttpRequest) -> HttpResponse:
             "cards": cards,
             "filters": TASK_FILTERS,
             "chosen": chosen,
+            "search": search,
+            "searched": bool(words),
+            "search_max_length": SEARCH_MAX_LENGTH,
             "problems": problems,
             "query": query,
             "watching": any(t.is_active for t in cards),
@@ -88,26 +103,37 @@ def task_list(request: HttpRequest) -> HttpResponse:
 
 @require_GET
 def task_cards(request: HttpRequest) -> HttpResponse:
-    """The poller's one request: fresh cards for the active tasks on the page."""
-    codes = []
-    for value in request.GET.getlist("watch")[:100]:
-        try:
-            codes.append(UUID(value))
-        except ValueError:
-            continue  # a tampered value: skip it, answer for the rest
+    """The poller's one request: fresh cards for the active tasks on the page. A task page
+    also sends its task as `summary` and gets its whole status block back, result included."""
+    codes: dict[str, list[UUID]] = {"watch": [], "summary": []}
+    for name, found in codes.items():
+        for value in request.GET.getlist(name)[:100]:
+            try:
+                found.append(UUID(value))
+            except ValueError:
+                continue  # a tampered value: skip it, answer for the rest
     tasks = with_timing(
-        Task.objects.visible_to(request.user).filter(code__in=codes).prefetch_related("results")
+        Task.objects.visible_to(request.user)
+        .filter(code__in=codes["watch"])
+        .prefetch_related("results")
     )
     return render(
         request,
         "generations/_card_updates.html",
-        {"tasks": tasks, "watching": any(t.is_active for t in tasks)},
+        {
+            "tasks": tasks,
+            "summaries": set(codes["summary"]),
+            "watching": any(t.is_active for t in tasks),
+        },
     )
 
 
 def task_detail(request: HttpRequest, code: UUID) -> HttpResponse:
     task = get_object_or_404(
-        Task.objects.visible_to(request.user).select_related("key", "user"), code=code
+        Task.objects.visible_to(request.user)
+        .select_related("key", "user")
+        .prefetch_related("results"),
+        code=code,
     )
     mine = task.user_id == request.user.pk
     (card,) = with_timing([task])
@@ -118,6 +144,7 @@ def task_detail(request: HttpRequest, code: UUID) -> HttpResponse:
             "task": card,
             "mine": mine,
             "results": task.results.all(),
+            "references": task.references.order_by("id"),
             "events": task.events.all(),
             "entries": task.ledger_entries.order_by("created_at", "pk") if mine else [],
             "can_cancel": mine and task.state in CANCELABLE_STATES,
@@ -133,12 +160,22 @@ def task_detail(request: HttpRequest, code: UUID) -> HttpResponse:
 
 @require_POST
 def task_cancel(request: HttpRequest, code: UUID) -> HttpResponse:
+    """Cancel and refund. A card's htmx form gets the card back, showing the outcome; a plain
+    form gets the task page with a message."""
     task = own_task(request, code)
-    if cancel_by_member(task):
+    canceled = cancel_by_member(task)
+    refused = ""
+    if not canceled:
+        task.refresh_from_db(fields=["state"])
+        state = task.get_state_display().lower()
+        refused = f"This task is {state}; it cannot be canceled any more."
+    if request.htmx:
+        (card,) = with_timing([Task.objects.prefetch_related("results").get(pk=task.pk)])
+        return render(request, "generations/_task_card.html", {"task": card, "notice": refused})
+    if canceled:
         messages.success(request, task.message)
     else:
-        state = task.get_state_display().lower()
-        messages.error(request, f"This task is {state}; it cannot be canceled any more.")
+        messages.error(request, refused)
     return redirect("generations-task", code=task.code)
 
 
@@ -253,6 +290,22 @@ def result_poster(request: HttpRequest, code: UUID, position: int) -> HttpRespon
     if settings.S3_BUCKET:
         return signed_redirect(result.poster, content_type="image/jpeg")
     response = FileResponse(_open(result.poster), content_type="image/jpeg")
+    response["X-Content-Type-Options"] = "nosniff"
+    response["Cache-Control"] = "private, max-age=3600"
+    return response
+
+
+def task_reference(request: HttpRequest, code: UUID, position: int) -> HttpResponseBase:
+    """The `position`th image a task was sent, for members who may see the task: its page's
+    thumbnails and the Create form's carried images. Unlike the gateways' public link, it
+    works after the task has ended."""
+    task = get_object_or_404(Task.objects.visible_to(request.user), code=code)
+    image = task.references.order_by("id")[position : position + 1].first()
+    if image is None:
+        raise Http404("This task has no such reference image.")
+    if settings.S3_BUCKET:
+        return signed_redirect(image.file, content_type=image.content_type)
+    response = FileResponse(_open(image.file), content_type=image.content_type)
     response["X-Content-Type-Options"] = "nosniff"
     response["Cache-Control"] = "private, max-age=3600"
     return response

@@ -152,7 +152,8 @@ AXES_CLIENT_IP_CALLABLE = "omniweb.clientip.client_address"
 # Sessions end after this many days (and on logout).
 SESSION_COOKIE_AGE = env_int("OMNIWEB_SESSION_DAYS", 14, minimum=1) * 86_400
 LOGIN_URL = "login"
-LOGIN_REDIRECT_URL = "home"
+# A member signs in to make something: Create is where every visit starts.
+LOGIN_REDIRECT_URL = "generations-create"
 LOGOUT_REDIRECT_URL = "login"
 AUTH_PASSWORD_VALIDATORS = [
     {"NAME": "django.contrib.auth.password_validation.UserAttributeSimilarityValidator"},

@@ -11,8 +11,8 @@ admin.site.site_header = "Omniweb administration"
 admin.site.site_title = "Omniweb admin"
 
 urlpatterns = [
-    # The profile is the only member page until the studio pages exist.
-    path("", RedirectView.as_view(pattern_name="accounts-profile"), name="home"),
+    # The start page is Create: members come to make something.
+    path("", RedirectView.as_view(pattern_name="generations-create"), name="home"),
     path("accounts/", include("accounts.urls")),
     path("admin/", admin.site.urls),
     path("healthz", health.healthz, name="healthz"),

@@ -83,11 +83,11 @@ def test_public_pages_open_without_logging_in(client, name):
 
 
 @pytest.mark.django_db
-def test_a_member_logs_in_and_lands_on_their_profile(client, alice):
+def test_a_member_logs_in_and_lands_on_create(client, alice):
     response = client.post(
         "/accounts/login/", {"username": "alice", "password": PASSWORD}, follow=True
     )
-    assert response.redirect_chain[-1][0] == "/accounts/profile/"
+    assert response.redirect_chain[-1][0] == "/create/"
     assert "Signed in as <strong>Alice A.</strong>" in response.content.decode()
 
 

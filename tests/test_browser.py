@@ -42,7 +42,7 @@ def test_a_wrong_password_shows_a_message_in_the_form(page, alice):
 
 
 def test_the_profile_form_saves_and_confirms(page, alice, live_server):
-    page.goto("/accounts/login/")
+    page.goto("/accounts/profile/")
     page.get_by_label("Username").fill("alice")
     page.get_by_label("Password").fill(PASSWORD)
     page.get_by_role("button", name="Log in").click()

@@ -30,7 +30,7 @@ def log_in(page):
     page.get_by_label("Username").fill("alice")
     page.get_by_label("Password").fill(PASSWORD)
     page.get_by_role("button", name="Log in").click()
-    page.wait_for_url(re.compile(r".*/accounts/profile/$"))
+    page.wait_for_url(re.compile(r".*/create/$"))
 
 
 def add_key(page, live_server, gateway_label, gateway_id):
@@ -52,11 +52,12 @@ def generate(page, model, prompt):
         arg=model,
     )
     page.get_by_label("Prompt").fill(prompt)
+    token = page.locator("input[name=form_token]").input_value()
     page.get_by_role("button", name="Generate").click()
     card = page.locator(".task-card", has_text=prompt).first
     card.wait_for()
-    # The fresh form (prompt cleared) has replaced the one just sent.
-    page.wait_for_function("() => document.querySelector('#id_prompt').value === ''")
+    # The fresh form (a new token; the prompt kept) has replaced the one just sent.
+    page.wait_for_function("t => document.querySelector('#id_form_token').value !== t", arg=token)
     return card
 
 

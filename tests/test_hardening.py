@@ -302,7 +302,7 @@ def test_a_member_over_the_submit_limit_is_refused_and_not_charged(alice, member
     assert response.status_code == 200
     html = response.content.decode()
     # At the top of the form, where a refusal is explained.
-    assert re.search(r'id="create-summary">\s*<p>' + re.escape(LIMIT_MESSAGE), html)
+    assert re.search(r'id="create-summary"[^>]*>\s*<p>' + re.escape(LIMIT_MESSAGE), html)
     assert "A third one</textarea>" in html  # what was typed is kept
     assert charged(alice) == before
     assert Task.objects.filter(user=alice).count() == 2

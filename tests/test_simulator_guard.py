@@ -164,7 +164,7 @@ def test_a_simulator_key_of_this_site_creates_and_reads_a_job(client, gateway):
 
 def test_the_demo_keys_are_simulator_keys(client, carol):
     call_command("ensure_demo", "--site", "http://testserver", stdout=StringIO())
-    for key in ProviderKey.objects.filter(owner=carol):
+    for key in ProviderKey.objects.visible_to(carol):
         secret = crypto.decrypt(key.secret_ciphertext)
         assert create(client, key.provider, secret).status_code == 200, key.provider
     assert SimulatedJob.objects.count() == 4

@@ -1,4 +1,4 @@
-// Studio: tell the member when their tasks change, without moving focus.
+// Studio, in two parts. First: tell the member when their tasks change, without moving focus.
 // The card poller (an htmx element) swaps fresh cards in; after each settle this script
 // compares every card's state with the last one seen and, on a change, announces it in the
 // page's one polite live region (shown as a toast), updates the tab title, and shows a
@@ -70,5 +70,46 @@
     check(false);
     offerNotifications();
     document.body.addEventListener("htmx:afterSettle", function () { check(true); });
+  });
+})();
+
+// Create: a submit that comes back with problems brings a summary of them, marked autofocus.
+// htmx focuses it after the swap; this also moves it into view, since the member is at the
+// Generate button, often a screen or more below on a phone. The summary's links put the cursor
+// in the field they name. (Without JavaScript the browser's own autofocus does the same.)
+(function () {
+  "use strict";
+
+  function bringIntoView(element) {
+    var box = element.closest(".field") || element;
+    var rect = box.getBoundingClientRect();
+    var height = window.innerHeight || document.documentElement.clientHeight;
+    if (rect.top < 0 || rect.bottom > height) {
+      box.scrollIntoView({ block: "start" });
+    }
+  }
+
+  function focusSwapped(root) {
+    if (!(root instanceof Element)) return;
+    var target = root.matches("[autofocus]") ? root : root.querySelector("[autofocus]");
+    if (!target) return;
+    if (document.activeElement !== target) target.focus({ preventScroll: true });
+    bringIntoView(target);
+  }
+
+  document.addEventListener("htmx:load", function (event) {
+    // htmx also announces the page itself once it starts; the browser has handled that one.
+    if (event.target !== document.body) focusSwapped(event.target);
+  });
+
+  document.addEventListener("click", function (event) {
+    var link = event.target instanceof Element &&
+      event.target.closest(".error-summary a[data-control]");
+    if (!link) return;
+    var control = document.getElementById(link.getAttribute("data-control"));
+    if (!control || control.disabled || control.type === "hidden") return;
+    event.preventDefault();
+    control.focus({ preventScroll: true });
+    bringIntoView(control);
   });
 })();

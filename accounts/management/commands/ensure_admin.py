@@ -14,8 +14,10 @@ class Command(BaseCommand):
 
     def handle(self, *args, username: str, **options):
         User = get_user_model()
-        if User.objects.filter(is_superuser=True).exists():
-            self.stdout.write("An admin account already exists; no new one was created.")
+        if admin := User.objects.filter(is_superuser=True).order_by("pk").first():
+            self.stdout.write(
+                f"An admin account already exists ({admin.username!r}); no new one was created."
+            )
             return
         password = secrets.token_urlsafe(12)
         User.objects.create_superuser(username=username, email="", password=password)
