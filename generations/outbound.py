@@ -155,10 +155,8 @@ def is_public(ip: IPAddress) -> bool:
 
 def literal_address(host: str) -> IPAddress | None:
     """The address `host` spells out, in any form the system would connect to, or None."""
-    try:
+    with contextlib.suppress(ValueError):  # not written as a standard address: read on
         return ipaddress.ip_address(host.strip("[]"))
-    except ValueError:
-        pass
     if _NUMERIC_HOST.fullmatch(host):
         # The resolver reads these without any lookup; so must we, or 2130706433 is a "name".
         try:
@@ -491,18 +489,19 @@ def _redirect_refusal(url: httpx.URL, response: httpx.Response) -> GatewayRefuse
         with contextlib.suppress(httpx.InvalidURL):
             target = url.join(location)
     if target is not None and target.scheme in SCHEMES and target.raw_host:
-        try:
-            checked_addresses(target.raw_host.decode("ascii"), _default_port(target))
-        except AddressRefused:
-            return GatewayRefused(
-                "address_refused",
-                f"it redirected to {target.host[:_SHOWN_HOST]}, which is on a private or local "
-                "network; Omniweb neither follows gateways' redirects nor calls such addresses.",
-                permanent=True,
-                request_sent=True,
-            )
-        except Unresolved:
-            pass
+        # A target nobody can look up is refused as a plain redirect, below.
+        with contextlib.suppress(Unresolved):
+            try:
+                checked_addresses(target.raw_host.decode("ascii"), _default_port(target))
+            except AddressRefused:
+                return GatewayRefused(
+                    "address_refused",
+                    f"it redirected to {target.host[:_SHOWN_HOST]}, which is on a private or "
+                    "local network; Omniweb neither follows gateways' redirects nor calls such "
+                    "addresses.",
+                    permanent=True,
+                    request_sent=True,
+                )
     where = f" to {target.host[:_SHOWN_HOST]}" if target is not None and target.host else ""
     return GatewayRefused(
         "redirected",
