@@ -185,8 +185,12 @@ def test_control_enter_in_the_prompt_generates(page, live_server, alice, carol):
 
     # While the button is disabled (no key for this model), the shortcut does nothing either.
     page.get_by_label("Model").select_option("omixa/sora")
+    # The model's fields arrive by htmx; on a loaded machine that can take a few seconds.
+    expect(page.locator("#model-fields")).to_contain_text(
+        "You have no usable key for Omixa", timeout=20_000
+    )
     settled(page)
-    expect(page.get_by_role("button", name="Generate")).to_be_disabled()
+    expect(page.get_by_role("button", name="Generate")).to_be_disabled(timeout=10_000)
     page.get_by_label("Prompt").fill("a kingfisher again")
     page.get_by_label("Prompt").press("Control+Enter")
     page.wait_for_timeout(500)
