@@ -12,7 +12,7 @@ from datetime import datetime
 
 from django.contrib.auth import get_user_model
 from django.db import transaction
-from django.db.models import Count, Q, Sum
+from django.db.models import Count, Q, Subquery, Sum
 from django.utils import timezone
 
 from accounts.models import LedgerEntry, Quota, TeamQuota
@@ -120,22 +120,54 @@ class EffectiveQuota:
         )
 
 
+QUOTA_FIELDS = (
+    "max_active_tasks",
+    "max_credits_per_day",
+    "max_credits_per_month",
+    "allowed_models",
+)
+
+
 def effective_quota(user) -> EffectiveQuota:
     """The member's own limits where set, the team's defaults elsewhere; None is no limit."""
     team = TeamQuota.current()
     own = Quota.objects.filter(user=user).first()
+    return _combined(own, {name: getattr(team, name) for name in QUOTA_FIELDS})
 
+
+def _combined(own, team: dict) -> EffectiveQuota:
     def pick(name: str):
         value = getattr(own, name, None) if own else None
-        return value if value is not None else getattr(team, name)
+        return value if value is not None else team[name]
 
-    allowed = (own.allowed_models if own and own.allowed_models else team.allowed_models) or []
+    allowed = (own.allowed_models if own and own.allowed_models else team["allowed_models"]) or []
     return EffectiveQuota(
         pick("max_active_tasks"),
         pick("max_credits_per_day"),
         pick("max_credits_per_month"),
         tuple(allowed),
     )
+
+
+def lock_for_submit(user_id: int):
+    """(the member's row locked as lock_user() locks it, their effective quota), read by one
+    statement: a submit needs both, and every extra round trip under the lock is time other
+    submits of the same member wait. The quotas are read in the same transaction as the
+    balance, so an admin's change applies from the next submit on."""
+    team = TeamQuota.objects.order_by("pk")
+    locked = (
+        get_user_model()
+        .objects.select_related("quota")
+        # Only the member's row is locked: their quota row may not exist (an outer join), and
+        # nothing here writes it.
+        .select_for_update(of=("self",))
+        .annotate(**{f"team_{name}": Subquery(team.values(name)[:1]) for name in QUOTA_FIELDS})
+        .get(pk=user_id)
+    )
+    # A member without a Quota row of their own: the reverse accessor raises AttributeError.
+    own = getattr(locked, "quota", None)
+    limits = _combined(own, {name: getattr(locked, f"team_{name}") for name in QUOTA_FIELDS})
+    return locked, limits
 
 
 def period_starts(now: datetime | None = None) -> tuple[datetime, datetime]:

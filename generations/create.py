@@ -45,9 +45,10 @@ PRICE_UNAVAILABLE = "The price shows once the duration, resolution and aspect ra
 # --- the price -------------------------------------------------------------------------------
 
 
-def price_for(user, data) -> dict:
+def price_for(user, data, prices: dict | None = None) -> dict:
     """What the price partial shows for the posted values: a quote and the balance after it, or
-    a short neutral note when the values do not make a price."""
+    a short neutral note when the values do not make a price. `prices` are prices this request
+    has read already (a submit's), used where they hold the model's."""
     spec = spec_for(data.get("model"))
     if spec is None:
         return {"note": "Choose a model to see the price."}
@@ -71,8 +72,9 @@ def price_for(user, data) -> dict:
         return {"note": PRICE_UNAVAILABLE}
     if {"duration", "resolution", "aspect_ratio"} & catalog.validate(request).keys():
         return {"note": PRICE_UNAVAILABLE}
+    known = prices if prices and (spec.provider, spec.model) in prices else None
     try:
-        price = quote(request)
+        price = quote(request, known)
     except PriceMissing:
         return {"note": f"{spec.label} has no price yet; an admin has to set one."}
     balance = user.credit_balance
@@ -111,7 +113,12 @@ def create_fields(request: HttpRequest) -> HttpResponse:
 
 
 def _render(
-    request: HttpRequest, form: CreateForm, *, summary: str = "", card: Task | None = None
+    request: HttpRequest,
+    form: CreateForm,
+    *,
+    summary: str = "",
+    card: Task | None = None,
+    prices: dict | None = None,
 ) -> HttpResponse:
     # The order the create form shows its fields in (the form declares some in another order).
     shown = (
@@ -126,13 +133,9 @@ def _render(
         "key",
         "visibility",
     )
-    if request.method == "POST":
-        # A submit may have just charged the member: request.user still holds the balance read
-        # when the request began, and the price line's "balance after" must not lag one behind.
-        request.user.refresh_from_db(fields=["credit_balance"])
     context = {
         "form": form,
-        "price": price_for(request.user, form.price_inputs()),
+        "price": price_for(request.user, form.price_inputs(), prices),
         "summary": summary,
         # The fields with errors, in the order the page shows them: the summary at the top of
         # the form lists each with a link to it (the token's error is the summary's own text).
@@ -184,8 +187,9 @@ def _submit(request: HttpRequest) -> HttpResponse:
     form = CreateForm(request.POST, request.FILES, user=request.user, spec=spec)
     if not form.is_valid():
         return _render(request, form, summary="Some fields need fixing; see the notes below.")
+    order = order_from(form)
     try:
-        outcome = services.submit_order(request.user, order_from(form))
+        outcome = services.submit_order(request.user, order)
     except services.SubmitRefused as refusal:
         form.apply_refusal(refusal)
         return _render(request, form, summary=refusal.message)
@@ -201,15 +205,21 @@ def _submit(request: HttpRequest) -> HttpResponse:
         messages.info(request, "This form was already submitted; nothing more was charged.")
     if not request.htmx:
         return redirect("generations-task", code=task.code)
+    # The answer reuses what the submit read: request.user still holds the balance read when
+    # the request began (the price line's "balance after" must not lag one submit behind), the
+    # submit read it again under its lock; the keys, the prices and the new task are known.
+    request.user.credit_balance = outcome.balance
     # The prompt, the settings and the images stay: they are where the next try starts. A
-    # file input cannot keep a file, so the images come back as the task's stored copies.
+    # file input cannot keep a file, so the images come back as the task's stored copies
+    # (a new task stored one copy of each of the order's images).
     initial = initial_from(request.POST, spec)
-    initial.update(form_token=uuid.uuid4(), carried=carried_references(task))
-    fresh = CreateForm(user=request.user, spec=spec, initial=initial)
+    copies = len(order.images) if outcome.created else None
+    initial.update(form_token=uuid.uuid4(), carried=carried_references(task, copies))
+    fresh = CreateForm(user=request.user, spec=spec, initial=initial, keys=form.keys)
     card = None
     if outcome.created:
-        (card,) = with_timing([Task.objects.prefetch_related("results").get(pk=task.pk)])
-    response = _render(request, fresh, card=card)
+        (card,) = with_timing([task])
+    response = _render(request, fresh, card=card, prices=outcome.prices)
     # Wakes the page's card poller (which may have gone quiet with nothing active) once the
     # new card, with its .watch input, is on the page.
     response["HX-Trigger-After-Settle"] = "tasks-changed"
@@ -222,7 +232,8 @@ def order_from(form: CreateForm) -> services.Order:
     data = form.cleaned_data
     carried = tuple(image.source for image in data.get("carried") or ())
     return services.Order(
-        items=(services.OrderItem(form.generation_request(()), data["key"]),),
+        # The form offers only the keys usable_by() lists for this gateway: checked already.
+        items=(services.OrderItem(form.generation_request(()), data["key"], key_checked=True),),
         visibility=data["visibility"],
         images=carried + tuple(data.get("reference_files") or ()),
         token=data["form_token"],

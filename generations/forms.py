@@ -334,9 +334,12 @@ def find_carried(user, value: str) -> CarriedImage | None:
     )
 
 
-def carried_references(task: Task) -> list[str]:
-    """The values that carry every image `task` was sent, in the order it was sent them."""
-    return [f"reference:{task.code}:{n}" for n in range(task.references.count())]
+def carried_references(task: Task, count: int | None = None) -> list[str]:
+    """The values that carry every image `task` was sent, in the order it was sent them.
+    `count` is how many it was sent, where the caller knows (it has just stored them)."""
+    if count is None:
+        count = task.references.count()
+    return [f"reference:{task.code}:{n}" for n in range(count)]
 
 
 def _short(prompt: str) -> str:
@@ -385,12 +388,18 @@ class CreateForm(forms.Form):
         },
     )
 
-    def __init__(self, *args, user, spec: ModelSpec, **kwargs):
+    def __init__(
+        self, *args, user, spec: ModelSpec, keys: list[ProviderKey] | None = None, **kwargs
+    ):
+        """`keys` are the member's choices_for() keys of this gateway, when this request has
+        read them already (the form a submit answers with is the submitted form's twin)."""
         super().__init__(*args, **kwargs)
         self.user = user
         self.spec = spec
         self.gateway = providers.REGISTRY[spec.provider].name
-        self.keys = list(ProviderKey.objects.choices_for(user, spec.provider))
+        if keys is None:
+            keys = list(ProviderKey.objects.choices_for(user, spec.provider))
+        self.keys = keys
         self.fields["model"].initial = spec.key
         # The model's capability line, shown under the picker by _model_fields.html.
         self.fields["model"].help_text = spec.summary

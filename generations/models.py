@@ -84,9 +84,27 @@ class PriceMissing(Exception):
     """No price is set for the model, or a per-second price has no duration to multiply."""
 
 
-def quote(request: GenerationRequest) -> Quote:
-    """The price of a request, for the duration and resolution actually sent to the gateway."""
-    price = ModelPrice.objects.filter(provider=request.provider, model=request.model).first()
+def price_list(requests: Sequence[GenerationRequest]) -> dict[tuple[str, str], ModelPrice]:
+    """The prices of every model `requests` name, by (provider, model), in one query: an order
+    reads its prices once, however many tasks it makes."""
+    wanted = {(request.provider, request.model) for request in requests}
+    if not wanted:
+        return {}
+    match = models.Q()
+    for provider, model in wanted:
+        match |= models.Q(provider=provider, model=model)
+    found = ModelPrice.objects.filter(match).order_by()
+    return {(price.provider, price.model): price for price in found}
+
+
+def quote(
+    request: GenerationRequest, prices: dict[tuple[str, str], ModelPrice] | None = None
+) -> Quote:
+    """The price of a request, for the duration and resolution actually sent to the gateway.
+    `prices` is a price_list() already read for it; without one, the price is read here."""
+    if prices is None:
+        prices = price_list([request])
+    price = prices.get((request.provider, request.model))
     if price is None:
         raise PriceMissing(f"No price is set for {request.provider}/{request.model}.")
     units = request.duration if price.unit == ModelPrice.Unit.SECOND else 1

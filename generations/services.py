@@ -24,14 +24,30 @@ from django.core.exceptions import ValidationError
 from django.core.files.base import ContentFile
 from django.core.files.storage import default_storage
 from django.db import transaction
+from django.db.models import Count, Q
 from django.urls import reverse
 from django.utils import timezone
-from django_q.tasks import async_task
 
-from accounts.ledger import InsufficientCredits, append_entry, effective_quota, lock_user, spending
+from accounts.ledger import (
+    EffectiveQuota,
+    InsufficientCredits,
+    append_entry,
+    lock_for_submit,
+    lock_user,
+    spending,
+)
 from accounts.models import LedgerEntry, ProviderKey
-from generations.models import PriceMissing, ReferenceImage, Result, Task, TaskEvent, quote
+from generations.models import (
+    PriceMissing,
+    ReferenceImage,
+    Result,
+    Task,
+    TaskEvent,
+    price_list,
+    quote,
+)
 from generations.providers import GenerationRequest, catalog
+from omniweb import broker
 
 # Gateways whose document accepts an image inline as a base64 data URI; the others fetch a URL.
 DATA_URI_GATEWAYS = frozenset({"apimart"})
@@ -65,10 +81,16 @@ class OrderImage(Protocol):
 @dataclass(frozen=True)
 class OrderItem:
     """One task of an order: what to generate and which key pays for it. `request` holds only
-    the addresses the member pasted; the order's images are added in front of them."""
+    the addresses the member pasted; the order's images are added in front of them.
+
+    `key_checked` says the caller picked `key`, in this same request, from the keys
+    `ProviderKey.objects.usable_by(user, request.provider)` lists (as the create form does), so
+    the service need not ask the database again. Anything else (a retry's old key, an API's
+    key code) leaves it False and the key is checked under the member's lock."""
 
     request: GenerationRequest
     key: ProviderKey
+    key_checked: bool = False
 
 
 @dataclass(frozen=True)
@@ -88,6 +110,9 @@ class Order:
 class OrderOutcome:
     tasks: list[Task]
     created: bool  # False when the token had already made these tasks: nothing was charged
+    balance: int  # the member's balance once the order is done, read under their lock
+    # The prices the order was charged at, by (provider, model), for a page that shows them.
+    prices: dict = field(default_factory=dict)
 
 
 def item_token(token: uuid.UUID | None, index: int) -> uuid.UUID | None:
@@ -98,33 +123,41 @@ def item_token(token: uuid.UUID | None, index: int) -> uuid.UUID | None:
     return uuid.uuid5(token, str(index))
 
 
-@transaction.atomic
+# Durable: a submit is always a transaction of its own, never a savepoint inside someone
+# else's, so its debit is committed before its job is enqueued and the lock is held only as
+# long as the submit itself.
+@transaction.atomic(durable=True)
 def submit_order(user, order: Order) -> OrderOutcome:
     """Charge for and create every task of `order`, or none: the one submit path.
 
-    Under one lock of the member's row it checks, for the whole order, the submit rate, the
-    quotas (active tasks, day and month spending), the keys and the balance; only then does it
-    decode the reference images, store them, and write the tasks with their debits. The jobs
-    that send the tasks are enqueued by name once the transaction commits. A repeated token
-    returns the tasks the first call made and charges nothing. Raises SubmitRefused, with
-    nothing written and nothing stored.
+    Under one lock of the member's row (read with their quotas) it checks, for the whole order,
+    the token, the submit rate, the quotas (active tasks, day and month spending), the keys and
+    the balance; only then does it decode the reference images, store them, and write the
+    tasks with their debits. The jobs that send the tasks are enqueued by name once the
+    transaction commits. A repeated token returns the tasks the first call made and charges
+    nothing. Raises SubmitRefused, with nothing written and nothing stored.
+
+    Each thing is read once: the member's row, the quotas, the recent tasks (one count for
+    the token, the rate and the active limit), the prices; every field of a task, its
+    visibility included, goes into its INSERT.
     """
     if not order.items:
         raise SubmitRefused("There is nothing to submit.", code="empty")
-    locked = lock_user(user.pk)
-    if order.token is not None:
-        first = Task.objects.filter(user=locked, submit_token=order.token).first()
-        if first is not None:
-            tokens = [item_token(order.token, i) for i in range(len(order.items))]
-            tasks = {
-                t.submit_token: t
-                for t in Task.objects.filter(user=locked).filter(submit_token__in=tokens)
-            }
-            return OrderOutcome([tasks[t] for t in tokens if t in tasks], created=False)
+    locked, limits = lock_for_submit(user.pk)
+    counts = _task_counts(locked, order.token, active=limits.max_active_tasks is not None)
+    if counts.get("repeated"):
+        tokens = [item_token(order.token, i) for i in range(len(order.items))]
+        tasks = {
+            t.submit_token: t
+            for t in Task.objects.filter(user=locked).filter(submit_token__in=tokens)
+        }
+        return OrderOutcome(
+            [tasks[t] for t in tokens if t in tasks], created=False, balance=locked.credit_balance
+        )
 
-    checked = [_checked_item(locked, item, len(order.images)) for item in order.items]
+    checked, prices = _checked_items(locked, order.items, len(order.images))
     total = sum(price.total for _item, _spec, price in checked)
-    _check_limits(locked, checked, total)
+    _check_limits(locked, limits, counts, checked, total)
 
     saved: list[str] = []
     try:
@@ -142,7 +175,7 @@ def submit_order(user, order: Order) -> OrderOutcome:
         # By name, after commit: a rollback leaves no job, and this module never imports the
         # engine (which imports this module).
         transaction.on_commit(partial(enqueue_submit, task.pk))
-    return OrderOutcome(tasks, created=True)
+    return OrderOutcome(tasks, created=True, balance=locked.credit_balance, prices=prices)
 
 
 def submit_task(
@@ -169,43 +202,72 @@ def submit_task(
 
 
 def enqueue_submit(pk: int) -> None:
-    async_task("generations.jobs.submit", pk, task_name=f"submit task {pk}")
+    # Through the process's one broker: django-q2's own async_task would connect anew each time.
+    broker.enqueue("generations.jobs.submit", pk, task_name=f"submit task {pk}")
 
 
-def _checked_item(locked, item: OrderItem, image_count: int):
-    """(item with defaults, spec, price) of a valid item, or SubmitRefused."""
+def _task_counts(locked, token: uuid.UUID | None, *, active: bool) -> dict[str, int]:
+    """The member's tasks that bear on a submit, counted by one statement: those of the last
+    minute (the rate), the one `token` made ("repeated"), and, when a limit asks, the active
+    ones. The index of each member's tasks by age keeps it to this member's rows."""
+    wanted = {"recent": Q(created_at__gt=timezone.now() - timedelta(minutes=1))}
+    if token is not None:
+        wanted["repeated"] = Q(submit_token=token)
+    if active:
+        wanted["active"] = Q(state__in=Task.ACTIVE_STATES)
+    either = Q()
+    for condition in wanted.values():
+        either |= condition
+    return Task.objects.filter(either, user=locked).aggregate(
+        **{name: Count("pk", filter=condition) for name, condition in wanted.items()}
+    )
+
+
+def _checked_items(locked, items: tuple[OrderItem, ...], image_count: int) -> tuple[list, dict]:
+    """([(item with defaults, spec, price) of each item], the prices read), or SubmitRefused;
+    the prices of the whole order are read at once."""
     # One stand-in per image lets the catalog check how many this model accepts.
     stand_ins = tuple("data:image/png;base64," for _ in range(image_count))
-    request = catalog.with_defaults(
-        replace(item.request, reference_images=stand_ins + item.request.reference_images)
-    )
-    errors = catalog.validate(request)
-    if errors:
-        raise SubmitRefused("Some fields need fixing.", errors, code="invalid")
-    spec = catalog.get(request.provider, request.model)
-    key = item.key
-    if not ProviderKey.objects.usable_by(locked, request.provider).filter(pk=key.pk).exists():
-        raise SubmitRefused(
-            f"The key {key.label!r} cannot be used for {spec.label} ({key.status}).",
-            {"key": ["Choose an active key for this gateway."]},
-            code="key",
+    requests = []
+    for item in items:
+        request = catalog.with_defaults(
+            replace(item.request, reference_images=stand_ins + item.request.reference_images)
         )
-    try:
-        price = quote(request)
-    except PriceMissing:
-        raise SubmitRefused(
-            f"{spec.label} has no price yet; ask an admin to set one.", code="price"
-        ) from None
-    pasted = replace(request, reference_images=item.request.reference_images)
-    return OrderItem(pasted, key), spec, price
+        errors = catalog.validate(request)
+        if errors:
+            raise SubmitRefused("Some fields need fixing.", errors, code="invalid")
+        requests.append(request)
+    prices = price_list(requests)
+    checked = []
+    for item, request in zip(items, requests, strict=True):
+        spec = catalog.get(request.provider, request.model)
+        key = item.key
+        if not item.key_checked and not (
+            ProviderKey.objects.usable_by(locked, request.provider).filter(pk=key.pk).exists()
+        ):
+            raise SubmitRefused(
+                f"The key {key.label!r} cannot be used for {spec.label} ({key.status}).",
+                {"key": ["Choose an active key for this gateway."]},
+                code="key",
+            )
+        try:
+            price = quote(request, prices)
+        except PriceMissing:
+            raise SubmitRefused(
+                f"{spec.label} has no price yet; ask an admin to set one.", code="price"
+            ) from None
+        pasted = replace(request, reference_images=item.request.reference_images)
+        checked.append((OrderItem(pasted, key, item.key_checked), spec, price))
+    return checked, prices
 
 
-def _check_limits(locked, checked: list, total: int) -> None:
+def _check_limits(
+    locked, limits: EffectiveQuota, counts: dict[str, int], checked: list, total: int
+) -> None:
     """The member's rate, quotas and balance, for the whole order at once."""
     count = len(checked)
     limit = settings.SUBMIT_RATE_PER_MINUTE
-    since = timezone.now() - timedelta(minutes=1)
-    recent = Task.objects.filter(user=locked, created_at__gt=since).count()
+    recent = counts["recent"]
     if recent + count > limit:
         if count == 1:
             message = (
@@ -218,12 +280,11 @@ def _check_limits(locked, checked: list, total: int) -> None:
                 f"the limit is {limit} a minute. Wait a moment and submit again."
             )
         raise SubmitRefused(message, code="rate_limited")
-    limits = effective_quota(locked)
     for item, spec, _price in checked:
         if not limits.allows(item.request.provider, item.request.model):
             raise SubmitRefused(f"Your quota does not include {spec.label}.", code="quota")
     if limits.max_active_tasks is not None:
-        active = Task.objects.filter(user=locked).active().count()
+        active = counts["active"]
         if active + count > limits.max_active_tasks:
             raise SubmitRefused(
                 f"You already have {active} active tasks, your limit; wait for one to finish."
