@@ -401,24 +401,29 @@ def poll(task: Task) -> None:
         if not _past_final_limit(task):
             _schedule(task, settings.REVIEW_RECHECK_SECONDS)
         return
-    Task.objects.filter(pk=task.pk).update(polls=F("polls") + 1)
+    # Counted by the update that records the answer, whatever it is, not by one of its own.
     task.polls += 1
     try:
         status = adapter.status(task.provider_task_id, credentials)
     except ProviderError as exc:
         _poll_failed(task, adapter, exc, credentials.api_key)
         return
-    _apply(task, adapter, status, credentials.api_key)
+    _apply(task, adapter, status, credentials.api_key, polled=True)
 
 
-def _apply(task: Task, adapter: Provider, status: ProviderStatus, secret: str) -> None:
-    """Act on what the gateway says about a task."""
+def _apply(
+    task: Task, adapter: Provider, status: ProviderStatus, secret: str, *, polled: bool = False
+) -> None:
+    """Act on what the gateway says about a task (`polled`: the answer to a poll, which the
+    update counts)."""
     now = timezone.now()
     fields: dict[str, Any] = {
         "last_response": _answer(status.raw, secret),
         "error_streak": 0,
         "not_found_streak": 0,
     }
+    if polled:
+        fields["polls"] = task.polls
     if status.cost is not None:
         fields["gateway_cost"] = status.cost
     if status.estimated_seconds is not None:
@@ -475,7 +480,21 @@ def _apply(task: Task, adapter: Provider, status: ProviderStatus, secret: str) -
     else:
         if task.state != State.NEEDS_REVIEW:
             fields["message"] = ""
-        Task.objects.filter(pk=task.pk, state=task.state).update(**fields)
+        if polled:
+            fields["polls"] = F("polls") + 1  # a second poll racing this one still counts
+        rows = Task.objects.filter(pk=task.pk, state=task.state)
+        if not _deadlines_due(task):
+            # Nothing is left to do for this task, so the same update lets go of its lease: a
+            # poll that finds a task still running costs its load and this one statement. The
+            # condition on the owner keeps a worker whose lease ran out from writing over the
+            # answer of the worker that took the task over.
+            held = rows.filter(lease_owner=task.lease_owner).update(
+                lease_owner="", lease_until=None, **fields
+            )
+            if held:
+                task.lease_owner, task.lease_until = "", None
+            return
+        rows.update(**fields)
     _check_deadlines(task, adapter)
 
 
@@ -492,6 +511,7 @@ def _poll_failed(task: Task, adapter: Provider, exc: ProviderError, secret: str)
                 details=exc_details(exc),
                 last_response=answer,
                 not_found_streak=streak,
+                polls=task.polls,
             )
             return
         delay = backoff(streak)
@@ -521,6 +541,7 @@ def _note_error(
     update = {
         "next_check_at": timezone.now() + timedelta(seconds=delay),
         "last_response": answer,
+        "polls": F("polls") + 1,  # a poll that failed is a poll all the same
         **fields,
     }
     if not review:
@@ -543,6 +564,15 @@ def _check_deadlines(task: Task, adapter: Provider) -> None:
             "checking; if it is never delivered you are refunded.",
         )
         _schedule(task, settings.REVIEW_RECHECK_SECONDS)
+
+
+def _deadlines_due(task: Task) -> bool:
+    """Whether _check_deadlines has anything to do for this task now."""
+    now = timezone.now()
+    if task.give_up_at and now >= task.give_up_at:
+        return True
+    running = task.state in (State.SUBMITTED, State.RUNNING)
+    return bool(running and task.deadline_at and now >= task.deadline_at)
 
 
 def _past_final_limit(task: Task) -> bool:

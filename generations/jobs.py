@@ -8,12 +8,13 @@ Two jobs, both idempotent because django-q2 delivers at least once:
 
 django-q2's scheduler wakes only every 30 seconds or so and its finest schedule is a minute, so
 each dispatcher runs continuously instead: a run holds a baton in the cache (refreshed every
-tick), enqueues its successor when its time is up, and steps down within a tick when a newer run
-of its name takes the baton. A once-a-minute schedule (`ensure_dispatchers`) restarts any
+few seconds), enqueues its successor when its time is up, and steps down within a tick when a
+newer run of its name takes the baton. A once-a-minute schedule (`ensure_dispatchers`) restarts any
 dispatcher whose baton expired because its worker died. DISPATCHERS sets how many run side by
 side; any number on any number of hosts is safe, because a task is leased before it is worked
-on. When its worker is told to stop, a run stops leasing within a tick, hands over, finishes
-what it holds and returns, so the worker stops in seconds rather than after the run's time.
+on. When its worker is told to stop, a run stops leasing within a tick, gives back what it
+leased ahead, hands over, finishes what it started and returns, so the worker stops in
+seconds rather than after the run's time.
 """
 
 from __future__ import annotations
@@ -23,8 +24,9 @@ import os
 import socket
 import time
 import uuid
-from collections import Counter
+from collections import Counter, deque
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
+from contextlib import ExitStack, suppress
 from datetime import timedelta
 
 from django.conf import settings
@@ -43,9 +45,14 @@ from generations.models import Lease, Task
 logger = logging.getLogger("omniweb.engine")
 
 SCHEDULE_NAME = "omniweb-dispatcher"
+# How often a dispatcher looks for a newer run of its name and for its worker stopping.
 TICK_SECONDS = 0.5
-# A running dispatcher refreshes its baton every tick; a dead one's expires this fast.
+# A running dispatcher refreshes its baton this often; a dead one's expires after BATON_SECONDS.
+BATON_REFRESH_SECONDS = 5
 BATON_SECONDS = 30
+# How long a task leased ahead may wait for a free slot before it goes back. Its lease lasts
+# this much longer than LEASE_SECONDS, so once started it still has a full lease.
+AHEAD_SECONDS = 5
 # What a lost database connection raises; the dispatcher reconnects instead of ending its run.
 DATABASE_ERRORS = (OperationalError, InterfaceError)
 
@@ -131,10 +138,15 @@ def work_on(pk: int, owner: str) -> None:
     """Advance one task this owner has leased, then let go of it."""
     from generations import engine
 
+    held = True
     try:
         task = Task.objects.select_related("key").filter(pk=pk, lease_owner=owner).first()
-        if task is not None:
+        if task is None:
+            held = False  # not ours (any more): there is nothing to let go of
+        else:
             engine.advance(task)
+            # A poll that finds the task still running lets go of it in its own last update.
+            held = task.lease_owner == owner
     except Exception:
         # A bug or a database hiccup must not turn into a hot loop on one task, nor keep the
         # task from its deadline: whatever failed, the deadline rules still apply.
@@ -147,7 +159,32 @@ def work_on(pk: int, owner: str) -> None:
         except Exception:
             logger.exception("event=after_error_failed task=%s", pk)
     finally:
-        Task.objects.release(pk, owner)
+        if held:
+            Task.objects.release(pk, owner)
+
+
+def keep_or_drop_connections() -> None:
+    """After a task, keep this thread's database connection for its next task, unless it broke
+    or outlived CONN_MAX_AGE. CONN_MAX_AGE 0 means a connection per request; for a dispatcher
+    thread the request is the whole run, whose end closes it."""
+    for conn in connections.all(initialized_only=True):
+        if conn.connection is None:
+            continue
+        if conn.settings_dict["CONN_MAX_AGE"] == 0 and not conn.errors_occurred:
+            continue
+        conn.close_if_unusable_or_obsolete()
+
+
+def close_connections(wrappers) -> None:
+    """Close the database connections of pool threads that have ended."""
+    for conn in wrappers:
+        # Made in another thread, which is gone: closing it here is safe.
+        conn.inc_thread_sharing()
+        try:
+            with suppress(*DATABASE_ERRORS):
+                conn.close()
+        finally:
+            conn.dec_thread_sharing()
 
 
 def submit(pk: int) -> str:
@@ -165,7 +202,12 @@ def submit(pk: int) -> str:
 def dispatch(name: str = "d0", seconds: float | None = None) -> str:
     """Job: lease and advance due tasks for `seconds`, then hand over to a successor of the
     same name. Steps down within a tick when a newer run of that name takes the baton, and
-    hands over early when its worker is told to stop."""
+    hands over early when its worker is told to stop.
+
+    Every slot stays busy: the run keeps up to one slot's worth of tasks leased ahead of the
+    pool, so a slot that frees up starts the next task at once, and leases more in one
+    statement only when fewer than half that many wait. Each pool thread keeps its database
+    connection for the whole run."""
     seconds = settings.DISPATCH_SECONDS if seconds is None else seconds
     run_id = uuid.uuid4().hex
     owner = _owner(f"dispatch-{name}")
@@ -175,71 +217,142 @@ def dispatch(name: str = "d0", seconds: float | None = None) -> str:
     # keep moving while those calls run out their deadline.
     per_member = max(1, min(settings.PER_MEMBER_CONCURRENCY, concurrency))
     in_flight: dict[Future, Lease] = {}
+    # Leased and not started yet, with when they were leased, earliest due first.
+    ahead: deque[tuple[float, Lease]] = deque()
+    # Every task this run holds, started or not, counts against its key's and member's limits.
     busy: Counter = Counter()
     busy_members: Counter = Counter()
+    # When leasing may be tried again: at once while leases come back full, a tick later once
+    # the due tasks (or what the limits allow) ran out.
+    lease_again_at = 0.0
+    thread_connections: list = []
     worked = 0
     handed_over = False
     stopping = False
     worker_stop = WorkerStop()
     database_errors = 0
     cache.set(baton(name), run_id, timeout=BATON_SECONDS)
+    baton_set_at = checked_at = time.monotonic()
+
+    def remember_connections() -> None:
+        thread_connections.extend(connections.all())
 
     def run(pk: int) -> None:
         try:
             work_on(pk, owner)
+        except DATABASE_ERRORS:
+            # This thread's connection broke (a database restart): drop it, and let go of the
+            # task through a new one, so it is worked on again at once rather than after its
+            # lease runs out.
+            logger.warning("event=work_database_error task=%s", pk, exc_info=True)
+            connections.close_all()  # this thread's connections only
+            try:
+                Task.objects.release(pk, owner)
+            except DATABASE_ERRORS:
+                connections.close_all()
         finally:
+            keep_or_drop_connections()
+
+    def forget(lease: Lease) -> None:
+        busy[lease.key_id] -= 1
+        busy_members[lease.user_id] -= 1
+
+    def give_back(leases: list[Lease]) -> None:
+        """Let go of tasks leased ahead that this run will not start."""
+        if not leases:
+            return
+        for lease in leases:
+            forget(lease)
+        try:
+            Task.objects.release([lease.pk for lease in leases], owner)
+        except DATABASE_ERRORS:
+            # Their leases run out by themselves, a few seconds after a full lease.
+            logger.warning("event=dispatch_release_failed name=%s tasks=%s", name, len(leases))
             connections.close_all()  # this thread's connection only
 
-    with ThreadPoolExecutor(concurrency, thread_name_prefix="omniweb-dispatch") as pool:
-        while time.monotonic() < stop_at:
-            leased = []
-            try:
-                holder = cache.get(baton(name))
-                if holder not in (None, run_id):
-                    handed_over = True
-                    break
-                if worker_stop.requested():
-                    stopping = True
-                    break
-                cache.set(baton(name), run_id, timeout=BATON_SECONDS)
-                free = concurrency - len(in_flight)
-                if free:
-                    leased = Task.objects.lease_due(
-                        owner,
-                        limit=free,
-                        per_key=settings.PER_KEY_CONCURRENCY,
-                        busy_keys=busy,
-                        per_member=per_member,
-                        busy_members=busy_members,
+    with ExitStack() as stack:
+        # Unwound in reverse: the pool's threads end first, then their connections close,
+        # however the run ends.
+        stack.callback(close_connections, thread_connections)
+        pool = stack.enter_context(
+            ThreadPoolExecutor(
+                concurrency, thread_name_prefix="omniweb-dispatch", initializer=remember_connections
+            )
+        )
+        try:
+            while time.monotonic() < stop_at:
+                now = time.monotonic()
+                try:
+                    if now - checked_at >= TICK_SECONDS:
+                        checked_at = now
+                        holder = cache.get(baton(name))
+                        if holder not in (None, run_id):
+                            handed_over = True
+                            break
+                        if worker_stop.requested():
+                            stopping = True
+                            break
+                        if now - baton_set_at >= BATON_REFRESH_SECONDS:
+                            cache.set(baton(name), run_id, timeout=BATON_SECONDS)
+                            baton_set_at = now
+                    # A task leased ahead that waited too long for a slot goes back, so
+                    # every task starts with at least LEASE_SECONDS of its lease left.
+                    stale = []
+                    while ahead and now - ahead[0][0] > AHEAD_SECONDS:
+                        stale.append(ahead.popleft()[1])
+                    give_back(stale)
+                    # What will still wait once the free slots are filled.
+                    waiting = len(ahead) - (concurrency - len(in_flight))
+                    if waiting < max(1, concurrency // 2) and now >= lease_again_at:
+                        wanted = concurrency - waiting
+                        leased = Task.objects.lease_due(
+                            owner,
+                            limit=wanted,
+                            per_key=settings.PER_KEY_CONCURRENCY,
+                            busy_keys=busy,
+                            per_member=per_member,
+                            busy_members=busy_members,
+                            seconds=settings.LEASE_SECONDS + AHEAD_SECONDS,
+                        )
+                        for lease in leased:
+                            busy[lease.key_id] += 1
+                            busy_members[lease.user_id] += 1
+                            ahead.append((now, lease))
+                        lease_again_at = now + (TICK_SECONDS if len(leased) < wanted else 0)
+                    database_errors = 0
+                except DATABASE_ERRORS:
+                    # The database went away (a restart, a failover). Ending the run here
+                    # would leave polling to the once-a-minute schedule after the baton
+                    # expires; instead drop this thread's broken connection and try again,
+                    # backing off to 5 s.
+                    database_errors += 1
+                    logger.warning(
+                        "event=dispatch_database_error name=%s errors=%s",
+                        name,
+                        database_errors,
+                        exc_info=database_errors == 1,
                     )
-                database_errors = 0
-            except DATABASE_ERRORS:
-                # The database went away (a restart, a failover). Ending the run here would
-                # leave polling to the once-a-minute schedule after the baton expires; instead
-                # drop this thread's broken connection and try again, backing off to 5 s.
-                database_errors += 1
-                logger.warning(
-                    "event=dispatch_database_error name=%s errors=%s",
-                    name,
-                    database_errors,
-                    exc_info=database_errors == 1,
-                )
-                connections.close_all()  # this thread's connection only
-                time.sleep(min(TICK_SECONDS * 2**database_errors, 5.0))
-            for lease in leased:
-                busy[lease.key_id] += 1
-                busy_members[lease.user_id] += 1
-                in_flight[pool.submit(run, lease.pk)] = lease
-            worked += len(leased)
-            if in_flight:
-                done, _ = wait(in_flight, timeout=TICK_SECONDS, return_when=FIRST_COMPLETED)
-                for future in done:
-                    lease = in_flight.pop(future)
-                    busy[lease.key_id] -= 1
-                    busy_members[lease.user_id] -= 1
-            elif not leased:
-                time.sleep(TICK_SECONDS)
-        # Hand over first, then finish what was leased: a successor leases other due tasks
+                    connections.close_all()  # this thread's connection only
+                    time.sleep(min(TICK_SECONDS * 2**database_errors, 5.0))
+                while ahead and len(in_flight) < concurrency:
+                    lease = ahead.popleft()[1]
+                    in_flight[pool.submit(run, lease.pk)] = lease
+                    worked += 1
+                if in_flight:
+                    # Woken by the first task to finish, else in time for the next check or
+                    # the next try at leasing.
+                    wake = lease_again_at - time.monotonic()
+                    timeout = wake if 0 < wake < TICK_SECONDS else TICK_SECONDS
+                    done, _ = wait(in_flight, timeout=timeout, return_when=FIRST_COMPLETED)
+                    for future in done:
+                        forget(in_flight.pop(future))
+                elif not database_errors:
+                    time.sleep(TICK_SECONDS)
+        finally:
+            # Whatever ended the run, tasks leased ahead go back first, for whoever runs next.
+            give_back([lease for _, lease in ahead])
+            ahead.clear()
+        # Hand over first, then finish what was started: a successor leases other due tasks
         # while this run's slow gateway calls run out their deadline. A run whose worker is
         # stopping hands over too: another worker, or this one's next start, carries on.
         if not handed_over and cache.get(baton(name)) in (None, run_id):

@@ -3,7 +3,7 @@
 import math
 import re
 import uuid
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass
 from datetime import timedelta
 from decimal import Decimal
@@ -124,6 +124,68 @@ class Lease(NamedTuple):
     user_id: int
 
 
+# The dispatcher's lease on PostgreSQL, one statement. `candidates` takes the earliest due
+# unleased rows through the due_order index and locks them (SKIP LOCKED: rows another
+# dispatcher is leasing right now are passed over, not waited for). FOR UPDATE cannot sit in a
+# query with window functions, so the fairness limits are applied to the locked candidates
+# afterwards, in due order: rows of a key or member with no room left go first; then each key
+# keeps its earliest rows up to its room, and of those each member keeps its earliest rows up
+# to theirs. That never gives a key or a member more than its room. It can give less than a
+# one-by-one pick when a team key is shared: a row dropped for its member's limit still used
+# a place of its key. Such a key's other rows are leased by a later call, and a member at
+# their limit takes no places at all, so nobody waits on it for long. Candidates not chosen are
+# unlocked when the statement ends.
+LEASE_SQL = """
+WITH candidates AS (
+    SELECT id, key_id, user_id, next_check_at
+    FROM generations_task
+    WHERE state IN ('queued', 'submitted', 'running', 'fetching', 'needs_review')
+      AND next_check_at <= %(now)s
+      AND (lease_until IS NULL OR lease_until < %(now)s)
+    ORDER BY next_check_at, id
+    LIMIT %(candidates)s
+    FOR UPDATE SKIP LOCKED
+),
+busy_keys AS (
+    SELECT * FROM unnest(%(busy_key_ids)s::bigint[], %(busy_key_counts)s::int[]) AS b(id, n)
+),
+busy_members AS (
+    SELECT * FROM unnest(%(busy_user_ids)s::bigint[], %(busy_user_counts)s::int[]) AS b(id, n)
+),
+roomy AS (
+    SELECT c.*,
+        %(per_key)s - CASE WHEN c.key_id IS NULL THEN %(busy_keyless)s ELSE COALESCE(
+            (SELECT n FROM busy_keys WHERE busy_keys.id = c.key_id), 0) END AS key_room,
+        %(per_member)s - COALESCE(
+            (SELECT n FROM busy_members WHERE busy_members.id = c.user_id), 0) AS member_room
+    FROM candidates c
+),
+by_key AS (
+    SELECT roomy.*,
+        row_number() OVER (PARTITION BY key_id ORDER BY next_check_at, id) AS key_place
+    FROM roomy
+    WHERE key_room > 0 AND member_room > 0
+),
+by_member AS (
+    SELECT by_key.*,
+        row_number() OVER (PARTITION BY user_id ORDER BY next_check_at, id) AS member_place
+    FROM by_key
+    WHERE key_place <= key_room
+),
+chosen AS (
+    SELECT id FROM by_member
+    WHERE member_place <= member_room
+    ORDER BY next_check_at, id
+    LIMIT %(limit)s
+)
+UPDATE generations_task AS task
+SET lease_owner = %(owner)s, lease_until = %(until)s
+FROM chosen
+WHERE task.id = chosen.id
+RETURNING task.id, task.key_id, task.user_id, task.next_check_at
+"""
+
+
 class TaskQuerySet(models.QuerySet):
     def owned_by(self, user) -> "TaskQuerySet":
         """A member's own tasks, except those they deleted: what they may change."""
@@ -207,23 +269,57 @@ class TaskQuerySet(models.QuerySet):
         busy_keys=None,
         per_member: int | None = None,
         busy_members=None,
+        seconds: float | None = None,
     ) -> list[Lease]:
-        """Lease up to `limit` due tasks to `owner`; returns their Leases.
+        """Lease up to `limit` due tasks to `owner` for `seconds` (LEASE_SECONDS unless told);
+        returns their Leases, earliest due first.
 
-        On PostgreSQL the candidate rows are locked with SKIP LOCKED, so several dispatchers
-        on several hosts each get different tasks without waiting for one another. SQLite has
-        no row locks, but its IMMEDIATE transactions take the write lock at BEGIN, so two
-        processes leasing at once run one after the other and the second sees the first's
-        lease. `busy_keys` and `busy_members` count the tasks per key and per member this
-        dispatcher already works on, so one key never gets more than `per_key` requests in
-        flight from it, and one member's slow gateways never hold more than `per_member` of its
-        slots while other members' tasks wait.
+        `busy_keys` and `busy_members` count the tasks per key and per member this dispatcher
+        already holds, so one key never gets more than `per_key` requests in flight from it,
+        and one member's slow gateways never hold more than `per_member` of its slots while
+        other members' tasks wait.
+
+        On PostgreSQL the lease is one statement (see LEASE_SQL): the candidate rows are
+        locked with SKIP LOCKED, so several dispatchers on several hosts each get different
+        tasks without waiting for one another. SQLite has no row locks, but its write
+        transactions run one at a time, so two processes leasing at once run one after the
+        other and the second sees the first's lease.
         """
+        now = timezone.now()
+        until = now + timedelta(seconds=settings.LEASE_SECONDS if seconds is None else seconds)
+        busy = {key: count for key, count in (busy_keys or {}).items() if count}
+        members = {user: count for user, count in (busy_members or {}).items() if count}
+        # Without a member limit a member may hold every slot asked for.
+        member_limit = limit if per_member is None else per_member
+        connection = connections[self.db]
+        if connection.vendor == "postgresql":
+            with connection.cursor() as cursor:
+                cursor.execute(
+                    LEASE_SQL,
+                    {
+                        "now": now,
+                        # Enough candidates that tasks skipped for a full key or member do not
+                        # leave the batch short.
+                        "candidates": limit * 4,
+                        "busy_key_ids": [key for key in busy if key is not None],
+                        "busy_key_counts": [busy[key] for key in busy if key is not None],
+                        "busy_keyless": busy.get(None, 0),
+                        "busy_user_ids": list(members),
+                        "busy_user_counts": list(members.values()),
+                        "per_key": per_key,
+                        "per_member": member_limit,
+                        "limit": limit,
+                        "owner": owner,
+                        "until": until,
+                    },
+                )
+                rows = cursor.fetchall()
+            # RETURNING keeps no order; the caller starts them in due order.
+            rows.sort(key=lambda row: (row[3], row[0]))
+            return [Lease(pk, key_id, user_id) for pk, key_id, user_id, _ in rows]
+
         from django.db import transaction
 
-        busy = dict(busy_keys or {})
-        members = dict(busy_members or {})
-        now = timezone.now()
         # A plain read first: an idle dispatcher then never takes SQLite's write lock.
         if not self.due(now).exists():
             return []
@@ -231,14 +327,11 @@ class TaskQuerySet(models.QuerySet):
             candidates = list(
                 self.due(now)
                 .order_by("next_check_at", "pk")
-                .select_for_update(skip_locked=True)
                 .values_list("pk", "key_id", "user_id")[: limit * 4]
             )
             chosen = []
             for pk, key_id, user_id in candidates:
-                if busy.get(key_id, 0) >= per_key:
-                    continue
-                if per_member is not None and members.get(user_id, 0) >= per_member:
+                if busy.get(key_id, 0) >= per_key or members.get(user_id, 0) >= member_limit:
                     continue
                 busy[key_id] = busy.get(key_id, 0) + 1
                 members[user_id] = members.get(user_id, 0) + 1
@@ -246,7 +339,6 @@ class TaskQuerySet(models.QuerySet):
                 if len(chosen) == limit:
                     break
             if chosen:
-                until = now + timedelta(seconds=settings.LEASE_SECONDS)
                 self.filter(pk__in=[lease.pk for lease in chosen]).update(
                     lease_owner=owner, lease_until=until
                 )
@@ -263,8 +355,12 @@ class TaskQuerySet(models.QuerySet):
             candidates = candidates.filter(next_check_at__lte=now)
         return bool(candidates.update(lease_owner=owner, lease_until=until))
 
-    def release(self, pk: int, owner: str) -> None:
-        self.filter(pk=pk, lease_owner=owner).update(lease_owner="", lease_until=None)
+    def release(self, pks: int | Collection[int], owner: str) -> None:
+        """Let go of one task, or several, that `owner` holds: each is free for any worker at
+        once, instead of after its lease runs out."""
+        pks = [pks] if isinstance(pks, int) else list(pks)
+        if pks:
+            self.filter(pk__in=pks, lease_owner=owner).update(lease_owner="", lease_until=None)
 
 
 class Task(models.Model):
@@ -335,8 +431,9 @@ class Task(models.Model):
     finished_at = models.DateTimeField(null=True, blank=True)
 
     # The engine's bookkeeping (generations/engine.py).
+    # Indexed for active tasks only (task_due_order): a finished task is never checked again.
     next_check_at = models.DateTimeField(
-        null=True, blank=True, db_index=True, help_text="When a worker looks at it next."
+        null=True, blank=True, help_text="When a worker looks at it next."
     )
     lease_owner = models.CharField(max_length=100, blank=True)
     lease_until = models.DateTimeField(null=True, blank=True)
@@ -388,6 +485,21 @@ class Task(models.Model):
                 condition=models.Q(
                     state__in=["queued", "submitted", "running", "fetching", "needs_review"]
                 ),
+            ),
+            # The dispatcher's lease (LEASE_SQL): active tasks in due order, ties by id, so it
+            # reads only the first few rows however many are due.
+            models.Index(
+                fields=["next_check_at", "id"],
+                name="task_due_order",
+                condition=models.Q(
+                    state__in=["queued", "submitted", "running", "fetching", "needs_review"]
+                ),
+            ),
+            # Typical durations for the cards come from the newest succeeded tasks.
+            models.Index(
+                models.F("finished_at").desc(),
+                name="succeeded_by_finish",
+                condition=models.Q(state="succeeded"),
             ),
         ]
 
