@@ -4,8 +4,13 @@ The grid pages with a cursor, not page numbers: a cursor names the last item sho
 time and primary key), and the next page is whatever comes strictly after it in the same order,
 so results finishing while someone scrolls neither repeat nor push items off a page. A page
 costs the same few queries however many results there are: one statement picks the page's keys
-from the narrow sorted rows and loads those tasks with their members, one prefetch brings each
-task's first result, and "favourited by me" is a subquery, not a query per tile.
+from the narrow sorted rows and loads those tasks with their members, and "favourited by me" is
+a subquery, not a query per tile. The member filter's choices are one more statement, which
+probes each member's newest tasks rather than joining every shared result.
+
+A finished result's tile looks the same to everyone but for the viewer's star, so it is
+rendered once and kept (see TILE_CACHE); the star is put in on each request. Only tiles not
+kept yet need their cover, which one plain query brings for all of them.
 
 Bad query strings (unknown kind or model, a broken date or cursor, an over-long search) are
 reported beside the filter they belong to and ignored; they never turn into an error page.
@@ -20,6 +25,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import hashlib
 import unicodedata
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, time, timedelta
@@ -28,16 +34,20 @@ from uuid import UUID
 from django import forms
 from django.contrib import messages
 from django.contrib.auth import get_user_model
+from django.core.cache.backends.locmem import LocMemCache
 from django.db import connections
-from django.db.models import Exists, F, OuterRef, Prefetch, Q, QuerySet
+from django.db.models import Exists, F, OuterRef, Q, QuerySet, Subquery
 from django.db.models.functions import Coalesce
 from django.http import HttpRequest, HttpResponse, QueryDict
 from django.shortcuts import get_object_or_404, redirect, render
-from django.urls import reverse
+from django.template.loader import get_template, render_to_string
+from django.urls import get_script_prefix, reverse
 from django.utils import timezone
+from django.utils.safestring import SafeString, mark_safe
 from django.views.decorators.http import require_GET, require_POST
 
 from generations import providers
+from generations.cards import link_maker
 from generations.models import Favourite, Result, Task
 from generations.providers import Kind, catalog
 
@@ -53,9 +63,20 @@ TILE_FIELDS = (
     "prompt",
     "created_at",
     "finished_at",
+    "updated_at",
     "user__username",
     "user__display_name",
 )
+# Rendered tiles, kept in each process's memory rather than the shared cache: a tile's key
+# names everything it shows that can change (see tile_key), so a change makes a new key and
+# nothing ever needs invalidating across processes; a deploy, which may change the templates
+# or the catalog's labels, starts with none. A tile is about 1 kB.
+TILE_CACHE = LocMemCache(
+    "omniweb-gallery-tiles", {"TIMEOUT": 24 * 3600, "OPTIONS": {"MAX_ENTRIES": 5000}}
+)
+# Where a kept tile takes the viewer's star. Marked safe, so it cannot come from a prompt:
+# anything a member typed is escaped.
+STAR_SLOT = mark_safe("<!--favourite-->")
 DATE_FORMAT_ERROR = "Write the date as YYYY-MM-DD, e.g. 2025-03-31; this filter was ignored."
 # A search is bounded so that one request cannot ask the database for an unbounded AND.
 SEARCH_MAX_LENGTH = 200
@@ -127,12 +148,25 @@ def model_choices() -> list:
 
 
 def member_choices() -> list[tuple[str, str]]:
-    """Active members who have at least one result in the gallery."""
+    """Active members who have at least one result in the gallery.
+
+    Written as "the member's newest shared task" rather than EXISTS: the database may turn an
+    EXISTS into a join over every shared result (milliseconds per page, growing with the
+    gallery), while this looks up each member's own tasks newest first through their index
+    and stops at the first shared one, which for a member who shares is among the newest."""
+    newest_shared = (
+        Task.objects.in_gallery()
+        .filter(user=OuterRef("pk"))
+        .order_by("-created_at")
+        .values("pk")[:1]
+    )
     members = (
         get_user_model()
         .objects.filter(is_active=True)
-        .filter(Exists(Task.objects.in_gallery().filter(user=OuterRef("pk"))))
+        .alias(newest_shared=Subquery(newest_shared))
+        .filter(newest_shared__isnull=False)
         .order_by("username")
+        .only("username", "display_name")
     )
     return [("", "Anyone"), *((member.username, str(member)) for member in members)]
 
@@ -251,15 +285,59 @@ def gallery_tasks(user) -> QuerySet[Task]:
 
 def tiles(keys, user) -> QuerySet[Task]:
     """The tasks with primary keys in `keys`, newest first, with what a tile shows: the
-    member, the first result, and only the columns a tile needs."""
+    member and only the columns a tile needs."""
     return (
         _newest_first(Task.objects.filter(pk__in=keys), user)
         .select_related("user")
         .only(*TILE_FIELDS)
-        .prefetch_related(
-            Prefetch("results", queryset=Result.objects.order_by("position")[:1], to_attr="covers")
-        )
     )
+
+
+def tile_key(task: Task, prefix: str) -> str:
+    """What a finished result's tile depends on beyond the catalog and the templates: the
+    task as of its last change, the member's name as shown, and where the site is mounted.
+    Its files (the first result) are stored before it succeeds and only go when it is deleted,
+    which also takes it out of the gallery."""
+    named = f"{task.code}|{task.updated_at.isoformat()}|{task.user}|{prefix}"
+    return "tile:" + hashlib.blake2b(named.encode(), digest_size=16).hexdigest()
+
+
+def render_tiles(tasks: list[Task]) -> list[SafeString]:
+    """Each task's tile, with a star where `is_favourite` is set: kept tiles as they are,
+    others rendered (their covers loaded in one query) and kept for the next viewer."""
+    prefix = get_script_prefix()
+    keys = {task.pk: tile_key(task, prefix) for task in tasks}
+    kept = TILE_CACHE.get_many(keys.values())
+    missing = [task for task in tasks if keys[task.pk] not in kept]
+    if missing:
+        covers = {
+            result.task_id: result
+            for result in Result.objects.filter(task__in=[t.pk for t in missing], position=0)
+        }
+        item_url = link_maker("generations-gallery-item", UUID)
+        file_url = link_maker("generations-file", UUID, int)
+        poster_url = link_maker("generations-poster", UUID, int)
+        template = get_template("generations/_gallery_tile.html")
+        fresh = {}
+        for task in missing:
+            cover = covers.get(task.pk)
+            links = {"item": item_url(task.code)}
+            if cover is not None:
+                links["file"] = file_url(task.code, cover.position)
+                links["poster"] = poster_url(task.code, cover.position)
+            tile = template.render(
+                {"task": task, "cover": cover, "links": links, "star": STAR_SLOT}
+            )
+            fresh[keys[task.pk]] = tuple(tile.split(STAR_SLOT, 1))
+        TILE_CACHE.set_many(fresh)
+        kept.update(fresh)
+    star = render_to_string("generations/_gallery_star.html").strip()
+    shown = []
+    for task in tasks:
+        before, after = kept[keys[task.pk]]
+        # Both halves are template output, escaped where they had to be.
+        shown.append(mark_safe(before + (star if task.is_favourite else "") + after))
+    return shown
 
 
 def _local_midnight(day: date) -> datetime:
@@ -325,10 +403,8 @@ def gallery(request: HttpRequest) -> HttpResponse:
     if len(items) > PAGE_SIZE:
         items = items[:PAGE_SIZE]
         next_url = _page_url(request, Cursor(items[-1].shown_at, items[-1].pk))
-    for task in items:
-        task.cover = task.covers[0] if task.covers else None
 
-    context = {"tasks": items, "next_url": next_url}
+    context = {"tiles": render_tiles(items), "next_url": next_url}
     # Infinite scroll asks for the next items only; a boosted filter form wants the whole page.
     if request.htmx and not request.htmx.boosted:
         return render(request, "generations/_gallery_items.html", context)

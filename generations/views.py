@@ -27,7 +27,7 @@ from django.views.decorators.csrf import csrf_exempt
 from django.views.decorators.http import require_GET, require_POST
 
 from generations import providers
-from generations.cards import with_timing
+from generations.cards import keep_ended_cards, with_timing
 from generations.engine import callback_token_hash, note_callback
 from generations.gallery import SEARCH_MAX_LENGTH, SearchField, matches_newest_first
 from generations.models import Result, Task
@@ -81,6 +81,7 @@ def task_list(request: HttpRequest) -> HttpResponse:
         tasks = matches_newest_first(tasks.search(words), "created_at")
     page = Paginator(tasks, 24).get_page(request.GET.get("page"))
     cards = with_timing(page.object_list)
+    keep_ended_cards(cards)
     # Page links keep the filters and the search that applied.
     query = urlencode({**chosen, "q": search} if words else chosen)
     return render(

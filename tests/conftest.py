@@ -78,6 +78,16 @@ def page(live_server):
 
 
 @pytest.fixture(autouse=True)
+def empty_page_caches():
+    """Rendered tiles, ended cards and typical durations are kept in each process's memory;
+    a test starts without what an earlier test's pages left there."""
+    from generations import cards, gallery
+
+    for kept in (gallery.TILE_CACHE, cards.CARD_CACHE, cards.TYPICAL_CACHE):
+        kept.clear()
+
+
+@pytest.fixture(autouse=True)
 def seeded_prices(request):
     """Transactional tests empty every table when they end, the prices a migration seeded
     included: any test that uses the database starts with them in place."""
