@@ -297,7 +297,7 @@ def test_the_command_gives_monitors_real_exit_codes(submit):
 
 
 def gunicorn_config(monkeypatch, **env: str) -> dict:
-    for name in ("OMNIWEB_BIND", "WEB_CONCURRENCY", "FORWARDED_ALLOW_IPS"):
+    for name in ("OMNIWEB_BIND", "WEB_CONCURRENCY", "FORWARDED_ALLOW_IPS", "OMNIWEB_MAX_REQUESTS"):
         monkeypatch.delenv(name, raising=False)
     for name, value in env.items():
         monkeypatch.setenv(name, value)
@@ -312,7 +312,7 @@ def test_gunicorn_config_has_safe_defaults(monkeypatch):
     assert config["workers"] == min(2 * cores + 1, 8)
     assert (config["worker_class"], config["threads"]) == ("gthread", 4)
     assert (config["timeout"], config["graceful_timeout"], config["keepalive"]) == (60, 30, 5)
-    assert (config["max_requests"], config["max_requests_jitter"]) == (1000, 100)
+    assert (config["max_requests"], config["max_requests_jitter"]) == (50_000, 5_000)
     assert config["preload_app"] is False
     assert config["forwarded_allow_ips"] == "127.0.0.1"
     assert config["accesslog"] == "-"

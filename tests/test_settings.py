@@ -2,8 +2,10 @@
 
 import json
 import os
+import runpy
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 from django.conf import settings
@@ -196,3 +198,51 @@ def test_encryption_keys_keep_their_order_newest_first():
 
     new, old = Fernet.generate_key().decode(), Fernet.generate_key().decode()
     assert encryption_keys([new, old]) == [new, old]
+
+
+# --- gunicorn worker recycling -------------------------------------------------------------------
+
+
+def gunicorn_recycling(monkeypatch, value: str | None = None) -> tuple[int, int]:
+    """max_requests and max_requests_jitter as gunicorn.conf.py sets them."""
+    monkeypatch.delenv("OMNIWEB_MAX_REQUESTS", raising=False)
+    if value is not None:
+        monkeypatch.setenv("OMNIWEB_MAX_REQUESTS", value)
+    config = runpy.run_path(str(Path(settings.BASE_DIR) / "gunicorn.conf.py"))
+    return config["max_requests"], config["max_requests_jitter"]
+
+
+def worker_limits(max_requests: int, jitter: int, count: int) -> set[int]:
+    """How many requests each of `count` gunicorn workers answers before it is replaced."""
+    from gunicorn.config import Config
+    from gunicorn.workers.base import Worker
+
+    config = Config()
+    config.set("max_requests", max_requests)
+    config.set("max_requests_jitter", jitter)
+    limits = set()
+    for age in range(count):
+        worker = Worker(age, os.getpid(), [], None, 60, config, None)
+        worker.tmp.close()
+        limits.add(worker.max_requests)
+    return limits
+
+
+def test_gunicorn_replaces_a_worker_only_after_many_requests_at_staggered_counts(monkeypatch):
+    max_requests, jitter = gunicorn_recycling(monkeypatch)
+    assert (max_requests, jitter) == (50_000, 5_000)
+    limits = worker_limits(max_requests, jitter, count=20)
+    assert all(50_000 <= limit <= 55_000 for limit in limits)
+    assert len(limits) > 1  # processes started together are not replaced together
+
+
+def test_gunicorn_worker_recycling_is_set_from_the_environment(monkeypatch):
+    assert gunicorn_recycling(monkeypatch, "2000") == (2000, 200)
+    assert gunicorn_recycling(monkeypatch, "0") == (0, 0)
+    assert worker_limits(0, 0, count=1) == {sys.maxsize}  # 0: never replaced
+
+
+@pytest.mark.parametrize("value", ["many", "-1", "1.5"])
+def test_gunicorn_stops_on_a_bad_request_limit(monkeypatch, value):
+    with pytest.raises(SystemExit, match="OMNIWEB_MAX_REQUESTS must be"):
+        gunicorn_recycling(monkeypatch, value)
