@@ -9,6 +9,7 @@ every query, and that would be measured too.
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from urllib.parse import quote, urlsplit, urlunsplit
 
 from django.conf import settings
 from django.core.management.base import CommandError
@@ -51,3 +52,22 @@ def throwaway_database(stdout) -> Iterator[str]:
             test_settings.pop("NAME", None)
         else:
             test_settings["NAME"] = previous_test_name
+
+
+def vacuum_analyze() -> None:
+    """Fresh planner statistics and no dead rows, as autovacuum would leave them on a running
+    site. Run after filling tables and between repeats: a server with autovacuum off would
+    otherwise plan from no statistics, and each repeat would also measure the last one's dead
+    rows."""
+    if connection.vendor == "postgresql":
+        with connection.cursor() as cursor:
+            cursor.execute("VACUUM ANALYZE")
+
+
+def child_database_url(database: str) -> str:
+    """DATABASE_URL for a process the benchmark starts: the configured URL (user, host, port,
+    options) naming the throwaway database `database` instead."""
+    if connection.vendor == "sqlite":
+        return f"sqlite:///{database}"
+    url = urlsplit(settings.DATABASE_URL)
+    return urlunsplit(url._replace(path="/" + quote(database)))

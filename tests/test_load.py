@@ -1,4 +1,5 @@
-"""Measured limits: the benchmark command's table, and fifty members using the site at once.
+"""Measured limits: fifty members using the site at once (the benchmark command's table is
+tested in test_benchmark.py).
 
 The load test runs `python -m loadtest.run` as a process of its own against the live server,
 with a real worker and the gateway simulator behind it, then waits for every task the load
@@ -13,7 +14,6 @@ import subprocess
 import sys
 
 import pytest
-from django.conf import settings
 from django.core.cache import cache
 from django.core.management import call_command
 from django.db import connection
@@ -21,7 +21,6 @@ from django.db import connection
 from accounts import ledger
 from generations.models import Task
 from tests.conftest import PASSWORD
-from tests.helpers import database_url
 from tests.test_engine_live import Worker, make_key, wait_until_finished
 
 MEMBERS = 50
@@ -33,49 +32,6 @@ def fresh_cache():
     cache.clear()
     yield
     cache.clear()
-
-
-# --- the benchmark command -------------------------------------------------------------------
-
-
-@pytest.mark.slow
-def test_the_benchmark_prints_one_table_with_every_figure_and_its_baseline(tmp_path):
-    env = dict(os.environ)
-    if connection.vendor == "postgresql":
-        # A name of its own: the throwaway database is made next to this (never created) one.
-        env["DATABASE_URL"] = database_url().rsplit("/", 1)[0] + f"/omniweb_{os.getpid()}"
-    else:
-        env["DATABASE_URL"] = f"sqlite:///{tmp_path / 'bench.sqlite3'}"
-    run = subprocess.run(
-        [sys.executable, "manage.py", "benchmark", "--seconds", "0.5", "--tasks", "200"],
-        cwd=settings.BASE_DIR,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
-
-    assert run.returncode == 0, run.stderr[-3000:]
-    out = run.stdout
-    print(out)
-    assert "Machine: " in out and " CPU cores, " in out
-    assert "| Measurement " in out and " Baseline (same run) " in out and " Ratio " in out
-    rows = [line for line in out.splitlines() if line.startswith("| ")]
-    for name in (
-        "| submit throughput (",
-        "| submit baseline SELECT 1",
-        "| poll throughput (",
-        "| gallery page (",
-        "| bare page (",
-        "| request path: /tasks/",
-        "| request path: bare view",
-        "| worker memory with 200 active tasks",
-    ):
-        assert any(row.startswith(name) for row in rows), name
-    assert "audit passed" in out
-    assert "The throwaway database was dropped." in out
-    if connection.vendor == "sqlite":
-        assert list(tmp_path.iterdir()) == []  # nothing left behind
 
 
 # --- fifty members at once -------------------------------------------------------------------
