@@ -16,7 +16,6 @@ from generations.cards import (
     RECENT_SAMPLE,
     TYPICAL_CACHE,
     link_maker,
-    recent_successes,
     recent_typical_seconds,
     typical_seconds,
     with_timing,
@@ -322,15 +321,3 @@ def test_an_active_card_estimates_from_the_typical_duration(client, alice):
     with CaptureQueriesContext(connection) as queries:
         client.get("/tasks/")
     assert typical_statements(queries) == []
-
-
-@pytest.mark.skipif(connection.vendor != "postgresql", reason="EXPLAIN output of PostgreSQL")
-def test_typical_durations_read_the_newest_successes_through_their_index(alice):
-    make_tasks(alice, 50)
-    make_tasks(alice, 50, start=100, state=Task.State.FAILED)
-    with connection.cursor() as cursor:
-        # A small table may be cheaper to scan; the question is whether the index serves it.
-        cursor.execute("SET LOCAL enable_seqscan = off")
-        plan = recent_successes().explain()
-    assert "succeeded_by_finish" in plan, plan
-    assert "Seq Scan" not in plan and "Sort" not in plan, plan
