@@ -74,6 +74,17 @@ TILE_FIELDS = (
 TILE_CACHE = LocMemCache(
     "omniweb-gallery-tiles", {"TIMEOUT": 24 * 3600, "OPTIONS": {"MAX_ENTRIES": 5000}}
 )
+# The member filter's choices, kept briefly in each process (see member_choices).
+MEMBER_SECONDS = 30
+MEMBER_CACHE = LocMemCache("omniweb-gallery-members", {"TIMEOUT": MEMBER_SECONDS})
+MEMBER_CACHE_KEY = "members"
+# The filter form's rendered fields, by what they show: the values asked for and the member
+# list (the models come from the catalog, fixed while a process runs). Rendering a form's
+# widgets, a select with every model among them, costs more than the rest of the page; a few
+# hundred different filters cover what a team asks for, and the entries are a few kB each.
+FILTER_CACHE = LocMemCache(
+    "omniweb-gallery-filters", {"TIMEOUT": 3600, "OPTIONS": {"MAX_ENTRIES": 500}}
+)
 # Where a kept tile takes the viewer's star. Marked safe, so it cannot come from a prompt:
 # anything a member typed is escaped.
 STAR_SLOT = mark_safe("<!--favourite-->")
@@ -147,7 +158,19 @@ def model_choices() -> list:
     return [("", "Any model"), *groups.items()]
 
 
-def member_choices() -> list[tuple[str, str]]:
+def member_choices(wanted: str = "") -> list[tuple[str, str]]:
+    """The member filter's choices, as this process read them within MEMBER_SECONDS: the list
+    changes when someone shares for the first time or leaves, which can wait that long, while
+    reading it costs every gallery page a query over every member. A filter naming a member
+    the kept list lacks (`wanted`: a link from a newer page, say) reads it again at once."""
+    choices = MEMBER_CACHE.get(MEMBER_CACHE_KEY)
+    if choices is None or (wanted and wanted not in dict(choices)):
+        choices = read_member_choices()
+        MEMBER_CACHE.set(MEMBER_CACHE_KEY, choices)
+    return choices
+
+
+def read_member_choices() -> list[tuple[str, str]]:
     """Active members who have at least one result in the gallery.
 
     Written as "the member's newest shared task" rather than EXISTS: the database may turn an
@@ -340,6 +363,22 @@ def render_tiles(tasks: list[Task]) -> list[SafeString]:
     return shown
 
 
+def filter_fields(form: GalleryFilters) -> SafeString:
+    """The filter form's fields as _fields.html renders them, rendered once per different
+    filter and member list. Everything they show (values, choices, errors) follows from
+    those, so equal keys render equal HTML."""
+    shown = repr(
+        ([(name, form.data.getlist(name)) for name in form.fields], form.fields["member"].choices)
+    )
+    key = "filters:" + hashlib.blake2b(shown.encode(), digest_size=16).hexdigest()
+    fields = FILTER_CACHE.get(key)
+    if fields is None:
+        fields = render_to_string("_fields.html", {"form": form})
+        FILTER_CACHE.set(key, fields)
+    # Template output, escaped where it had to be.
+    return mark_safe(fields)
+
+
 def _local_midnight(day: date) -> datetime:
     return timezone.make_aware(datetime.combine(day, time.min))
 
@@ -376,7 +415,7 @@ def _page_url(request: HttpRequest, cursor: Cursor | None) -> str:
 
 @require_GET
 def gallery(request: HttpRequest) -> HttpResponse:
-    form = GalleryFilters(request.GET, members=member_choices())
+    form = GalleryFilters(request.GET, members=member_choices(request.GET.get("member", "")))
     form.is_valid()  # invalid fields are reported on the form and left out of cleaned_data
     tasks = apply_filters(gallery_tasks(request.user), form.cleaned_data)
 
@@ -410,6 +449,7 @@ def gallery(request: HttpRequest) -> HttpResponse:
         return render(request, "generations/_gallery_items.html", context)
     context.update(
         form=form,
+        filter_fields=filter_fields(form),
         cursor=cursor,
         cursor_error=cursor_error,
         newest_url=_page_url(request, None),

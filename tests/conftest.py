@@ -79,11 +79,18 @@ def page(live_server):
 
 @pytest.fixture(autouse=True)
 def empty_page_caches():
-    """Rendered tiles, ended cards and typical durations are kept in each process's memory;
-    a test starts without what an earlier test's pages left there."""
+    """Rendered tiles and filters, ended cards, the gallery's members and typical durations
+    are kept in each process's memory; a test starts without what an earlier test's pages
+    left there."""
     from generations import cards, gallery
 
-    for kept in (gallery.TILE_CACHE, cards.CARD_CACHE, cards.TYPICAL_CACHE):
+    for kept in (
+        gallery.TILE_CACHE,
+        gallery.MEMBER_CACHE,
+        gallery.FILTER_CACHE,
+        cards.CARD_CACHE,
+        cards.TYPICAL_CACHE,
+    ):
         kept.clear()
 
 

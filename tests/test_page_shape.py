@@ -20,7 +20,7 @@ from generations.cards import (
     typical_seconds,
     with_timing,
 )
-from generations.gallery import PAGE_SIZE, TILE_CACHE, Cursor
+from generations.gallery import MEMBER_CACHE, PAGE_SIZE, TILE_CACHE, Cursor
 from generations.models import Favourite, Result, Task
 
 NOW = datetime(2025, 6, 15, 12, 0, tzinfo=UTC)
@@ -85,8 +85,9 @@ def statements(client, url) -> list[str]:
 
 
 def forget_everything():
-    """Nothing kept: no tiles, no cards, no typical durations."""
+    """Nothing kept: no tiles, no member list, no cards, no typical durations."""
     TILE_CACHE.clear()
+    MEMBER_CACHE.clear()
     CARD_CACHE.clear()
     TYPICAL_CACHE.clear()
 
@@ -244,8 +245,10 @@ def test_a_renamed_member_or_a_changed_result_shows_at_once(client, alice, bob):
     task.save()
 
     page = client.get("/gallery/").content.decode()
-    assert "Robert" in page and "Bob B." not in page
-    assert "a fox, edited by an admin" in page and "a fox take 0" not in page
+    # The tiles at once; the member filter's list follows within gallery.MEMBER_SECONDS.
+    results = page[page.index('id="gallery-results"') :]
+    assert "Robert" in results and "Bob B." not in results
+    assert "a fox, edited by an admin" in results and "a fox take 0" not in results
 
 
 # --- Cards and typical durations ------------------------------------------------------------
@@ -321,3 +324,49 @@ def test_an_active_card_estimates_from_the_typical_duration(client, alice):
     with CaptureQueriesContext(connection) as queries:
         client.get("/tasks/")
     assert typical_statements(queries) == []
+
+
+def test_the_member_filter_list_is_read_once_and_a_newly_named_member_at_once(client, alice, bob):
+    """The member list costs no query on a second page; a filter naming a member who shared
+    after it was read still finds them, instead of calling the name unknown."""
+    first = make_tasks(bob, 1)
+    client.force_login(alice)
+    with CaptureQueriesContext(connection) as cold:
+        client.get("/gallery/")
+    assert any('WHERE ("accounts_user"."is_active"' in q["sql"] for q in cold)
+    with CaptureQueriesContext(connection) as warm:
+        client.get("/gallery/")
+    assert not any('WHERE ("accounts_user"."is_active"' in q["sql"] for q in warm), [
+        q["sql"] for q in warm
+    ]
+
+    carol = type(bob).objects.create_user("carol-new", display_name="Carol N.")
+    make_tasks(carol, 1, start=len(first) + 10)
+    page = client.get("/gallery/?member=carol-new").content.decode()
+    assert "No member with gallery results has that name" not in page
+    assert '<option value="carol-new" selected>Carol N.</option>' in page
+
+
+def test_the_filter_fields_are_rendered_once_per_filter_and_show_each_filters_values(
+    client, alice, bob
+):
+    make_tasks(bob, 3)
+    client.force_login(alice)
+
+    def fields_rendered(query: str) -> tuple[bool, str]:
+        response = client.get("/gallery/" + query)
+        names = [template.name for template in response.templates]
+        return "_fields.html" in names, response.content.decode()
+
+    assert fields_rendered("?kind=video&q=fox")[0]
+    rendered, page = fields_rendered("?kind=video&q=fox")
+    assert not rendered
+    assert '<option value="video" selected>Videos</option>' in page and 'value="fox"' in page
+
+    rendered, page = fields_rendered("?kind=image&date_from=yesterday")
+    assert rendered
+    assert '<option value="image" selected>Images</option>' in page
+    assert "Write the date as YYYY-MM-DD" in page and 'value="fox"' not in page
+    # The same filter's errors come back with its kept fields.
+    rendered, page = fields_rendered("?kind=image&date_from=yesterday")
+    assert not rendered and "Write the date as YYYY-MM-DD" in page
