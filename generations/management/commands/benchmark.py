@@ -36,12 +36,15 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import cProfile
 import html
+import io
 import json
 import logging
 import math
 import os
 import platform
+import pstats
 import re
 import resource
 import runpy
@@ -81,6 +84,7 @@ from generations.models import Task
 from omniweb.benchmark_urls import BARE_INSERT_PATH, BARE_TASKS_PATH
 from omniweb.benchmarking import child_database_url, throwaway_database, vacuum_analyze
 
+PROFILE_LINES = 30
 PARTS = ("statements", "submit", "poll", "pages", "memory")
 SUBMIT_CLIENTS = 16
 STUB_LATENCY = 0.1  # seconds the stub gateway takes to answer a status request
@@ -135,8 +139,12 @@ class StubGateway:
 
         class Handler(BaseHTTPRequestHandler):
             # Keep-alive, as the gateways' own servers do: with HTTP/1.0 every poll would open
-            # a new connection, a cost a real gateway does not add.
+            # a new connection, a cost a real gateway does not add. The headers and the body
+            # go out as two writes; without TCP_NODELAY the body would wait for the client's
+            # delayed ACK of the headers (about 40 ms on Linux), which no real server makes
+            # its clients wait.
             protocol_version = "HTTP/1.1"
+            disable_nagle_algorithm = True
 
             def log_message(self, *args) -> None:
                 """Quiet: thousands of request lines would bury the table."""
@@ -536,6 +544,12 @@ class Command(BaseCommand):
             default=list(PARTS),
             help=f"Measure only these parts, comma-separated: {','.join(PARTS)} (default all).",
         )
+        parser.add_argument(
+            "--profile",
+            action="store_true",
+            help="Also print where the time of a page and of a submit goes (cProfile, after "
+            "the timed runs, so the figures are not slowed by it).",
+        )
 
     def handle(
         self,
@@ -546,6 +560,7 @@ class Command(BaseCommand):
         due: list[int],
         concurrency: list[int],
         only: list[str],
+        profile: bool = False,
         **options,
     ) -> None:
         if not 0 < seconds <= 600:
@@ -556,7 +571,7 @@ class Command(BaseCommand):
             raise CommandError("--tasks must be 100 to 1,000,000.")
         if max(concurrency) > 256:
             raise CommandError("--concurrency must be at most 256.")
-        self.seconds, self.repeat = seconds, repeat
+        self.seconds, self.repeat, self.profile = seconds, repeat, profile
         self.rows: list[tuple[str, str, str, str, str]] = []
         self.queue = f"omniweb-benchmark-{uuid.uuid4().hex[:12]}"
         self.dispatch_owners: list = []
@@ -726,6 +741,16 @@ class Command(BaseCommand):
             f"{len(submit) / max(len(bare), 1):.1f}x",
         )
         self.row("statements per poll (jobs.work_on)", f"{len(poll)}")
+        if self.profile:
+
+            def submits() -> None:
+                for number in range(2, 22):
+                    client.post("/create/", create_form_data("", data["key"], number), secure=True)
+                    # As a browser's next page would read it (see HttpMember.submit).
+                    client.cookies.pop(CookieStorage.cookie_name, None)
+
+            with jobs_not_enqueued():
+                self.print_profile("20 submits (Create form POST, test client)", submits)
 
     # --- submits over HTTP ----------------------------------------------------------------------
 
@@ -1026,7 +1051,27 @@ class Command(BaseCommand):
                 f"  {name} run {number}: {page[0]:.2f} ms ({page[2]} queries), bare "
                 f"{bare[0]:.2f} ms ({bare[2]} queries)"
             )
+        if self.profile:
+            self.print_profile(
+                f"{PAGE_REPEAT} requests of {url}",
+                lambda: [client.get(url, secure=True) for _ in range(PAGE_REPEAT)],
+            )
         return page_runs, bare_runs
+
+    def print_profile(self, what: str, work: Callable[[], object]) -> None:
+        """The functions `work` spent most of its time in, counting what they called, as
+        cProfile sees them (which slows Python code more than waiting on the database)."""
+        profiler = cProfile.Profile()
+        profiler.runcall(work)
+        out = io.StringIO()
+        stats = pstats.Stats(profiler, stream=out)
+        stats.sort_stats("cumulative").print_stats(PROFILE_LINES)
+        self.stdout.write(f"Profile of {what}, by cumulative time:")
+        lines = out.getvalue().splitlines()
+        start = next((i for i, line in enumerate(lines) if "ncalls" in line), 0)
+        for line in lines[start:]:
+            if line.strip():
+                self.stdout.write("  " + line)
 
     def page_row(self, name: str, page: list, bare_name: str, bare: list, goal: str) -> None:
         page_ms, bare_ms = [r[0] for r in page], [r[0] for r in bare]
