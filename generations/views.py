@@ -60,7 +60,12 @@ TASK_FILTERS = {
 def task_list(request: HttpRequest) -> HttpResponse:
     """My tasks: every task of the member as a card, filtered, searched (as in the gallery),
     newest first."""
-    tasks = Task.objects.owned_by(request.user).prefetch_related("results")
+    # A card never shows the gateway's raw answers (up to 20,000 characters of JSON each).
+    tasks = (
+        Task.objects.owned_by(request.user)
+        .defer("last_response", "gateway_results")
+        .prefetch_related("results")
+    )
     chosen, problems = {}, []
     for name, allowed in TASK_FILTERS.items():
         value = request.GET.get(name, "")
