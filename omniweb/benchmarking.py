@@ -6,7 +6,10 @@ run's database is touched. DEBUG is off while it exists: the debug cursor would 
 every query, and that would be measured too.
 """
 
-from collections.abc import Iterator
+import contextlib
+import threading
+import time
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from urllib.parse import quote, urlsplit, urlunsplit
@@ -71,3 +74,57 @@ def child_database_url(database: str) -> str:
         return f"sqlite:///{database}"
     url = urlsplit(settings.DATABASE_URL)
     return urlunsplit(url._replace(path="/" + quote(database)))
+
+
+def run_clients(
+    operations: list[Callable[[], None]],
+    seconds: float,
+    *,
+    prepare: Callable[[], None] | None = None,
+    finish: Callable[[], None] | None = None,
+) -> tuple[float, int]:
+    """Run each operation in a loop on a thread of its own for `seconds`, all released
+    together; return (operations per second, operations done). `prepare` runs on each thread
+    before the start (what it costs is not measured), `finish` on each thread at its end."""
+    # The main thread waits at the barrier too, so the clock starts when the clients do.
+    barrier = threading.Barrier(len(operations) + 1)
+    done = [0] * len(operations)
+    finished = [0.0] * len(operations)
+    errors: list[BaseException] = []
+
+    def client(index: int, operation: Callable[[], None]) -> None:
+        try:
+            if prepare is not None:
+                prepare()
+            barrier.wait()
+            deadline = time.monotonic() + seconds
+            count = 0
+            while time.monotonic() < deadline:
+                operation()
+                count += 1
+            done[index] = count
+            finished[index] = time.monotonic()
+        except BaseException as exc:  # reported below; the command then fails
+            errors.append(exc)
+            barrier.abort()
+        finally:
+            if finish is not None:
+                finish()
+
+    threads = [
+        threading.Thread(target=client, args=(i, op), daemon=True)
+        for i, op in enumerate(operations)
+    ]
+    for thread in threads:
+        thread.start()
+    # A client that fails before the start breaks the barrier; its error is raised below.
+    with contextlib.suppress(threading.BrokenBarrierError):
+        barrier.wait()
+    started = time.monotonic()
+    for thread in threads:
+        thread.join(seconds + 120)
+    if any(thread.is_alive() for thread in threads):
+        raise CommandError("A client is stuck (a lock never released?); giving up.")
+    if errors:
+        raise CommandError(f"A client failed: {errors[0]!r}") from errors[0]
+    return sum(done) / (max(finished) - started), sum(done)

@@ -177,3 +177,29 @@ def test_a_short_benchmark_prints_every_row_of_the_table(tmp_path):
     assert "The throwaway database was dropped." in out
     if connection.vendor == "sqlite":
         assert list(tmp_path.iterdir()) == []  # nothing left behind
+
+
+@pytest.mark.slow
+def test_a_short_ledger_benchmark_prints_its_rows_and_passes_the_audit(tmp_path):
+    env = dict(os.environ, DEBUG="1")
+    if connection.vendor == "postgresql":
+        env["DATABASE_URL"] = database_url().rsplit("/", 1)[0] + f"/omniweb_ledger_{os.getpid()}"
+    else:
+        env["DATABASE_URL"] = f"sqlite:///{tmp_path / 'ledger.sqlite3'}"
+    command = [sys.executable, "manage.py", "benchmark_ledger", "--clients", "1,3"]
+    run = subprocess.run(
+        [*command, "--seconds", "0.5"],
+        cwd=settings.BASE_DIR,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+
+    assert run.returncode == 0, run.stderr[-3000:]
+    rows = [line.split() for line in run.stdout.splitlines() if line.strip()[:1].isdigit()]
+    # One row per client count: SELECT 1/s, debits/s as separate members and as one member.
+    assert [row[0] for row in rows] == ["1", "3"], run.stdout
+    assert all(len(row) == 4 for row in rows), run.stdout
+    assert "audit passed" in run.stdout and "The throwaway database was dropped." in run.stdout
+    assert "Exception in thread" not in run.stderr

@@ -12,10 +12,7 @@ worker is left out: these tasks exist only in the throwaway database.
 """
 
 import argparse
-import contextlib
 import os
-import threading
-import time
 from collections.abc import Callable
 from unittest import mock
 
@@ -29,7 +26,7 @@ from accounts.models import LedgerEntry, ProviderKey
 from generations import services
 from generations.providers import GenerationRequest
 from generations.services import submit_task
-from omniweb.benchmarking import throwaway_database
+from omniweb.benchmarking import run_clients, throwaway_database
 
 REQUEST = GenerationRequest("apimart", "Omni-Flash-Ext", "benchmark", duration=4, resolution="720p")
 # Enough for any run: a submit costs a few dozen credits and a client manages at most a few
@@ -152,49 +149,16 @@ class Command(BaseCommand):
     def run_clients(
         self, operations: list[Callable[[], None]], seconds: float
     ) -> tuple[float, int]:
-        """Run each operation in a loop on its own thread and connection for `seconds`, all
-        released together; return (operations per second, operations done)."""
-        # The main thread waits at the barrier too, so the clock starts when the clients do.
-        barrier = threading.Barrier(len(operations) + 1)
-        done = [0] * len(operations)
-        finished = [0.0] * len(operations)
-        errors: list[BaseException] = []
+        """Each operation in a loop on its own thread and database connection (see
+        omniweb.benchmarking.run_clients)."""
 
-        def client(index: int, operation: Callable[[], None]) -> None:
-            try:
-                # Every thread opens its own connection; make sure it is to the throwaway one.
-                if connection.settings_dict["NAME"] != self.database:
-                    raise CommandError("A client would have used the real database.")
-                connection.ensure_connection()  # connecting is not what is measured
-                barrier.wait()
-                deadline = time.monotonic() + seconds
-                count = 0
-                while time.monotonic() < deadline:
-                    operation()
-                    count += 1
-                done[index] = count
-                finished[index] = time.monotonic()
-            except BaseException as exc:  # reported below; the command then fails
-                errors.append(exc)
-                barrier.abort()
-            finally:
-                connection.close()
+        def prepare() -> None:
+            # Every thread opens its own connection; make sure it is to the throwaway one.
+            if connection.settings_dict["NAME"] != self.database:
+                raise CommandError("A client would have used the real database.")
+            connection.ensure_connection()  # connecting is not what is measured
 
-        threads = [
-            threading.Thread(target=client, args=(i, op), daemon=True)
-            for i, op in enumerate(operations)
-        ]
-        for thread in threads:
-            thread.start()
-        # A client that fails before the start breaks the barrier; its error is raised below.
-        with contextlib.suppress(threading.BrokenBarrierError):
-            barrier.wait()
-        started = time.monotonic()
-        for thread in threads:
-            thread.join(seconds + 120)
-        if any(thread.is_alive() for thread in threads):
-            raise CommandError("A client is stuck (a lock never released?); giving up.")
-        if errors:
-            raise CommandError(f"A client failed: {errors[0]!r}") from errors[0]
-        elapsed = max(finished) - started
-        return sum(done) / elapsed, sum(done)
+        def finish() -> None:
+            connection.close()  # this thread's own connection, looked up on this thread
+
+        return run_clients(operations, seconds, prepare=prepare, finish=finish)

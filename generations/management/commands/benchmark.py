@@ -82,7 +82,12 @@ from generations import jobs
 from generations.management.commands import benchmark_gallery as gallery_bench
 from generations.models import Task
 from omniweb.benchmark_urls import BARE_INSERT_PATH, BARE_TASKS_PATH
-from omniweb.benchmarking import child_database_url, throwaway_database, vacuum_analyze
+from omniweb.benchmarking import (
+    child_database_url,
+    run_clients,
+    throwaway_database,
+    vacuum_analyze,
+)
 
 PROFILE_LINES = 30
 PARTS = ("statements", "submit", "poll", "pages", "memory")
@@ -413,48 +418,6 @@ def refusal(status: int, text: str) -> str:
     found = SUMMARY.search(text)
     words = " ".join(html.unescape(TAG.sub(" ", found.group(1))).split()) if found else ""
     return words or f"HTTP {status}"
-
-
-def run_clients(operations: list[Callable[[], None]], seconds: float) -> tuple[float, int]:
-    """Run each operation in a loop on a thread of its own for `seconds`, all released
-    together; return (operations per second, operations done)."""
-    # The main thread waits at the barrier too, so the clock starts when the clients do.
-    barrier = threading.Barrier(len(operations) + 1)
-    done = [0] * len(operations)
-    finished = [0.0] * len(operations)
-    errors: list[BaseException] = []
-
-    def client(index: int, operation: Callable[[], None]) -> None:
-        try:
-            barrier.wait()
-            deadline = time.monotonic() + seconds
-            count = 0
-            while time.monotonic() < deadline:
-                operation()
-                count += 1
-            done[index] = count
-            finished[index] = time.monotonic()
-        except BaseException as exc:  # reported below; the command then fails
-            errors.append(exc)
-            barrier.abort()
-
-    threads = [
-        threading.Thread(target=client, args=(i, op), daemon=True)
-        for i, op in enumerate(operations)
-    ]
-    for thread in threads:
-        thread.start()
-    # A client that fails before the start breaks the barrier; its error is raised below.
-    with contextlib.suppress(threading.BrokenBarrierError):
-        barrier.wait()
-    started = time.monotonic()
-    for thread in threads:
-        thread.join(seconds + 120)
-    if any(thread.is_alive() for thread in threads):
-        raise CommandError("A client is stuck; giving up.")
-    if errors:
-        raise CommandError(f"A client failed: {errors[0]}") from errors[0]
-    return sum(done) / (max(finished) - started), sum(done)
 
 
 # --- small helpers ------------------------------------------------------------------------------

@@ -91,6 +91,22 @@ def bare_plan() -> str:
     return bare_tasks().values_list("prompt", flat=True)[:PAGE_SIZE].explain()
 
 
+def stored_result(task: Task, name: str) -> Result:
+    """A first result for a benchmark's gallery task, by its row only: no file is written."""
+    video = task.kind == Kind.VIDEO
+    return Result(
+        task=task,
+        position=0,
+        file=f"results/benchmark/{name}.{'mp4' if video else 'png'}",
+        poster=f"posters/benchmark/{name}.jpg",
+        content_type="video/mp4" if video else "image/png",
+        size=1_000_000,
+        width=1280,
+        height=720,
+        duration=5.0 if video else None,
+    )
+
+
 def create_gallery(users: list, count: int, *, favourites_of=None) -> list[Task]:
     """`count` finished team results spread over `users`, one second apart (the last the
     newest), each with one stored result row; the files themselves are not written. Every
@@ -126,22 +142,7 @@ def create_gallery(users: list, count: int, *, favourites_of=None) -> list[Task]
             )
         )
     tasks = Task.objects.bulk_create(tasks, batch_size=1000)
-    results = []
-    for i, task in enumerate(tasks):
-        video = task.kind == Kind.VIDEO
-        results.append(
-            Result(
-                task=task,
-                position=0,
-                file=f"results/benchmark/{i}.{'mp4' if video else 'png'}",
-                poster=f"posters/benchmark/{i}.jpg",
-                content_type="video/mp4" if video else "image/png",
-                size=1_000_000,
-                width=1280,
-                height=720,
-                duration=5.0 if video else None,
-            )
-        )
+    results = [stored_result(task, str(i)) for i, task in enumerate(tasks)]
     Result.objects.bulk_create(results, batch_size=1000)
     if favourites_of is not None:
         Favourite.objects.bulk_create(

@@ -64,8 +64,9 @@ from django.utils import timezone
 
 from accounts import ledger
 from accounts.models import LedgerEntry, ProviderKey
+from generations.management.commands import benchmark_gallery as gallery_bench
 from generations.models import Result, Task
-from generations.providers import Kind, catalog
+from generations.providers import catalog
 from omniweb.benchmarking import throwaway_database
 
 # Each member gets this many credits: far more than a run can spend, so no submit is refused
@@ -103,22 +104,6 @@ class Run:
     @property
     def moving(self) -> int:
         return sum(n for state, n in self.states.items() if state in MOVING_STATES)
-
-
-def result_row(task: Task) -> Result:
-    """A stored result for a gallery task; the file itself is never written or fetched."""
-    video = task.kind == Kind.VIDEO
-    return Result(
-        task=task,
-        position=0,
-        file=f"results/benchmark/{task.pk}.{'mp4' if video else 'png'}",
-        poster=f"posters/benchmark/{task.pk}.jpg",
-        content_type="video/mp4" if video else "image/png",
-        size=1_000_000,
-        width=1280,
-        height=720,
-        duration=5.0 if video else None,
-    )
 
 
 def free_port() -> int:
@@ -471,7 +456,9 @@ class Command(BaseCommand):
                 )
             )
         tasks = Task.objects.bulk_create(tasks, batch_size=1000)
-        Result.objects.bulk_create([result_row(task) for task in tasks], batch_size=1000)
+        Result.objects.bulk_create(
+            [gallery_bench.stored_result(task, str(task.pk)) for task in tasks], batch_size=1000
+        )
         # Each author: one grant that pays for their results, then one debit per result, so
         # every balance and every task adds up as the audit expects.
         entries = []
