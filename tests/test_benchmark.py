@@ -89,9 +89,8 @@ def test_the_bare_task_list_shows_the_members_tasks_as_my_tasks_does(benchmark_u
     assert gallery_bench.same_results(page, bare)
 
 
-def test_the_benchmark_settings_refuse_to_load_outside_a_benchmark_run():
-    env = {**os.environ, "DJANGO_SETTINGS_MODULE": "omniweb.benchmark_settings"}
-    env.pop("OMNIWEB_BENCHMARK_QUEUE", None)
+def django_setup_refusal(env: dict) -> str:
+    """Start Django with `env` in a process of its own; it must refuse. Returns what it said."""
     run = subprocess.run(
         [sys.executable, "-c", "import django; django.setup()"],
         cwd=settings.BASE_DIR,
@@ -100,24 +99,19 @@ def test_the_benchmark_settings_refuse_to_load_outside_a_benchmark_run():
         text=True,
         timeout=120,
     )
-
     assert run.returncode != 0
-    assert "only for the processes `manage.py benchmark` starts" in run.stderr
+    return run.stderr
+
+
+def test_the_benchmark_settings_refuse_to_load_outside_a_benchmark_run():
+    env = {**os.environ, "DJANGO_SETTINGS_MODULE": "omniweb.benchmark_settings"}
+    env.pop("OMNIWEB_BENCHMARK_QUEUE", None)
+    assert "only for the processes `manage.py benchmark` starts" in django_setup_refusal(env)
 
     # With a queue of its own but the real database, it refuses too.
     env["OMNIWEB_BENCHMARK_QUEUE"] = "omniweb-benchmark-test"
     env["DATABASE_URL"] = database_url()
-    run = subprocess.run(
-        [sys.executable, "-c", "import django; django.setup()"],
-        cwd=settings.BASE_DIR,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
-
-    assert run.returncode != 0
-    assert "only on its throwaway database" in run.stderr
+    assert "only on its throwaway database" in django_setup_refusal(env)
 
 
 def test_the_poll_rate_leaves_out_the_dispatchers_first_burst():

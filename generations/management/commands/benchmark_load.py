@@ -48,9 +48,6 @@ import tempfile
 import time
 import urllib.request
 from dataclasses import dataclass, field
-from datetime import timedelta
-from decimal import Decimal
-from itertools import cycle
 from pathlib import Path
 from urllib.parse import urlsplit, urlunsplit
 
@@ -60,20 +57,17 @@ from django.contrib.auth.hashers import make_password
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 from django.db import DatabaseError, connection
 from django.db.models import Count
-from django.utils import timezone
 
 from accounts import ledger
 from accounts.models import LedgerEntry, ProviderKey
 from generations.management.commands import benchmark_gallery as gallery_bench
-from generations.models import Result, Task
-from generations.providers import catalog
+from generations.models import Task
 from omniweb.benchmarking import throwaway_database
 
 # Each member gets this many credits: far more than a run can spend, so no submit is refused
 # for want of credits.
 MEMBER_CREDITS = 100_000
 GALLERY_AUTHORS = 5
-RESULT_CREDITS = 10
 # Bounds on the phases around the load itself.
 HEALTHY_SECONDS = 120
 STOP_SECONDS = 40
@@ -81,13 +75,6 @@ POLL_SECONDS = 0.5
 # The states the engine still moves on its own. A task in review waits for a person (or for
 # its final limit, hours away): the queue has drained when only those are left.
 MOVING_STATES = [state for state in Task.ACTIVE_STATES if state != Task.State.NEEDS_REVIEW]
-PROMPTS = (
-    "a red fox in the snow",
-    "a lighthouse at dusk",
-    "two astronauts on Mars",
-    "a paper boat in a rainy street",
-    "a city tram under water",
-)
 
 
 @dataclass
@@ -425,46 +412,14 @@ class Command(BaseCommand):
                 for n in range(1, GALLERY_AUTHORS + 1)
             ]
         )
-        now = timezone.now()
-        tasks = []
-        for i, author, spec in zip(
-            range(count), cycle(authors), cycle(catalog.MODELS), strict=False
-        ):
-            finished = now - timedelta(seconds=count - i)
-            tasks.append(
-                Task(
-                    user=author,
-                    provider=spec.provider,
-                    model=spec.model,
-                    kind=spec.kind.value,
-                    prompt=f"{PROMPTS[i % len(PROMPTS)]}, take {i}",
-                    params={
-                        "duration": spec.default_duration,
-                        "resolution": spec.default_resolution,
-                        "aspect_ratio": spec.default_aspect_ratio,
-                    },
-                    key_label="Benchmark",
-                    state=Task.State.SUCCEEDED,
-                    visibility=Task.Visibility.TEAM,
-                    price_unit="task",
-                    price_credits_per_unit=RESULT_CREDITS,
-                    price_units=1,
-                    price_multiplier=Decimal(1),
-                    credits_charged=RESULT_CREDITS,
-                    created_at=finished - timedelta(seconds=30),
-                    finished_at=finished,
-                )
-            )
-        tasks = Task.objects.bulk_create(tasks, batch_size=1000)
-        Result.objects.bulk_create(
-            [gallery_bench.stored_result(task, str(task.pk)) for task in tasks], batch_size=1000
-        )
+        # The gallery benchmark's results (each with a stored result row), then their money.
+        tasks = gallery_bench.create_gallery(authors, count)
         # Each author: one grant that pays for their results, then one debit per result, so
         # every balance and every task adds up as the audit expects.
         entries = []
         for author in authors:
             own = [task for task in tasks if task.user_id == author.pk]
-            balance = RESULT_CREDITS * len(own)
+            balance = sum(task.credits_charged for task in own)
             if not balance:
                 continue
             entries.append(
@@ -478,12 +433,12 @@ class Command(BaseCommand):
                 )
             )
             for task in own:
-                balance -= RESULT_CREDITS
+                balance -= task.credits_charged
                 entries.append(
                     LedgerEntry(
                         user=author,
                         kind=LedgerEntry.Kind.DEBIT,
-                        amount=-RESULT_CREDITS,
+                        amount=-task.credits_charged,
                         balance_after=balance,
                         task=task,
                         idempotency_key=f"benchmark-load-debit:{task.pk}",
