@@ -111,6 +111,7 @@ class EffectiveQuota:
     max_credits_per_day: int | None
     max_credits_per_month: int | None
     allowed_models: tuple[str, ...]
+    max_tasks_per_run: int = 100
 
     def allows(self, provider: str, model: str) -> bool:
         if not self.allowed_models:
@@ -128,11 +129,16 @@ QUOTA_FIELDS = (
 )
 
 
+# What only the team sets: no member overrides it.
+TEAM_FIELDS = (*QUOTA_FIELDS, "max_tasks_per_run")
+DEFAULT_TASKS_PER_RUN = TeamQuota._meta.get_field("max_tasks_per_run").default
+
+
 def effective_quota(user) -> EffectiveQuota:
     """The member's own limits where set, the team's defaults elsewhere; None is no limit."""
     team = TeamQuota.current()
     own = Quota.objects.filter(user=user).first()
-    return _combined(own, {name: getattr(team, name) for name in QUOTA_FIELDS})
+    return _combined(own, {name: getattr(team, name) for name in TEAM_FIELDS})
 
 
 def _combined(own, team: dict) -> EffectiveQuota:
@@ -146,6 +152,8 @@ def _combined(own, team: dict) -> EffectiveQuota:
         pick("max_credits_per_day"),
         pick("max_credits_per_month"),
         tuple(allowed),
+        # No team row yet: the field's default.
+        team.get("max_tasks_per_run") or DEFAULT_TASKS_PER_RUN,
     )
 
 
@@ -161,12 +169,12 @@ def lock_for_submit(user_id: int):
         # Only the member's row is locked: their quota row may not exist (an outer join), and
         # nothing here writes it.
         .select_for_update(of=("self",))
-        .annotate(**{f"team_{name}": Subquery(team.values(name)[:1]) for name in QUOTA_FIELDS})
+        .annotate(**{f"team_{name}": Subquery(team.values(name)[:1]) for name in TEAM_FIELDS})
         .get(pk=user_id)
     )
     # A member without a Quota row of their own: the reverse accessor raises AttributeError.
     own = getattr(locked, "quota", None)
-    limits = _combined(own, {name: getattr(locked, f"team_{name}") for name in QUOTA_FIELDS})
+    limits = _combined(own, {name: getattr(locked, f"team_{name}") for name in TEAM_FIELDS})
     return locked, limits
 
 

@@ -11,7 +11,7 @@ from datetime import datetime
 from django.conf import settings
 from django.contrib.auth.models import AbstractUser
 from django.core.exceptions import ValidationError
-from django.core.validators import URLValidator
+from django.core.validators import MaxValueValidator, MinValueValidator, URLValidator
 from django.db import models
 from django.db.models import Q
 from django.db.models.signals import post_save
@@ -127,6 +127,15 @@ class ProviderKey(models.Model):
     secret_ciphertext = models.TextField(editable=False)
     secret_last4 = models.CharField(max_length=4, editable=False)
     is_disabled = models.BooleanField(default=False)
+    max_in_flight = models.PositiveSmallIntegerField(
+        "tasks at the gateway at once",
+        default=4,
+        validators=[MinValueValidator(1), MaxValueValidator(100)],
+        help_text=(
+            "How many of this key's tasks may be running at its gateway at the same time "
+            "(gateways allow 2 to 40 by plan). More wait in Omniweb's queue for a free slot."
+        ),
+    )
     invalid_at = models.DateTimeField(null=True, blank=True, editable=False)
     invalid_message = models.TextField(blank=True, editable=False)
     needs_reentry = models.BooleanField(default=False, editable=False)
@@ -291,6 +300,12 @@ class QuotaFields(models.Model):
 class TeamQuota(QuotaFields):
     """The team-wide defaults; a member's own Quota overrides them field by field.
     Empty fields mean no limit."""
+
+    max_tasks_per_run = models.PositiveIntegerField(
+        default=100,
+        validators=[MinValueValidator(1), MaxValueValidator(1000)],
+        help_text="The most tasks one submit (variations, a comparison, a batch) may make.",
+    )
 
     # Always 1: the database keeps this table to a single row.
     singleton = models.PositiveSmallIntegerField(default=1, unique=True, editable=False)

@@ -45,7 +45,7 @@ from typing import Any
 
 from django.conf import settings
 from django.db import IntegrityError, transaction
-from django.db.models import F
+from django.db.models import F, Q
 from django.urls import reverse
 from django.utils import timezone
 from django.utils.dateparse import parse_datetime
@@ -144,17 +144,8 @@ def submit(task: Task) -> None:
         token = secrets.token_urlsafe(32)
         path = reverse("generations-webhook", args=[token])
         callback_url = f"{settings.PUBLIC_URL}{path}"
-    # Recorded before the request leaves, so a worker that dies mid-request leaves a trace.
-    # The conditions repeat what was checked above, so a task moved meanwhile is not sent.
-    marked = Task.objects.filter(
-        pk=task.pk, state=State.QUEUED, submit_sent_at__isnull=True, next_check_at__lte=now
-    ).update(
-        submit_sent_at=timezone.now(),
-        submit_attempts=F("submit_attempts") + 1,
-        callback_token_hash=callback_token_hash(token) if token else "",
-    )
-    if not marked:
-        return  # canceled, taken over, or rescheduled while we read the key
+    if not take_slot(task, adapter, now, callback_token_hash(token) if token else ""):
+        return  # waiting for a free slot, or canceled, taken over or rescheduled meanwhile
     task.submit_attempts += 1
     task.callback_token_hash = callback_token_hash(token) if token else ""
     log(task, "submit", attempt=task.submit_attempts, webhook=bool(callback_url))
@@ -186,6 +177,72 @@ def submit(task: Task) -> None:
     if status.state != providers.State.QUEUED:
         # Omixa may hold the request until the job is done; APIMart may already be running.
         _apply(task, adapter, status, credentials.api_key)
+
+
+# A task waiting for a free slot on its key looks again after this long at the latest; it is
+# normally woken sooner, when one of the key's tasks leaves the gateway (services.transition).
+SLOT_WAIT_SECONDS = 15
+
+
+def take_slot(task: Task, adapter: Provider, now: datetime, token_hash: str) -> bool:
+    """Take one of the key's slots at its gateway for `task` and mark the task as being sent;
+    False when it must not be sent now.
+
+    The mark (submit_sent_at) is recorded before the request leaves, so a worker that dies
+    mid-request leaves a trace; its conditions repeat what submit() checked, so a task moved
+    meanwhile is not sent. A key has at most `max_in_flight` tasks at its gateway: those it
+    has (IN_FLIGHT_STATES) and those on their way. The key's row is locked while they are
+    counted and the mark is written, so two workers sending the key's tasks at once count one
+    after the other. A task with no free slot stays queued, says what it waits for, and its
+    deadline counts from when it leaves, not while it waits its turn."""
+    from accounts.models import ProviderKey
+
+    with transaction.atomic():
+        limit = (
+            ProviderKey.objects.select_for_update()
+            .filter(pk=task.key_id)
+            .values_list("max_in_flight", flat=True)
+            .first()
+        )
+        if limit is not None:
+            busy = (
+                Task.objects.filter(key_id=task.key_id)
+                .filter(
+                    Q(state__in=Task.IN_FLIGHT_STATES)
+                    | Q(state=State.QUEUED, submit_sent_at__isnull=False)
+                )
+                .exclude(pk=task.pk)
+                .count()
+            )
+            if busy >= limit:
+                _wait_for_slot(task, adapter, now, busy, limit)
+                return False
+        marked = Task.objects.filter(
+            pk=task.pk, state=State.QUEUED, submit_sent_at__isnull=True, next_check_at__lte=now
+        ).update(
+            submit_sent_at=timezone.now(),
+            submit_attempts=F("submit_attempts") + 1,
+            callback_token_hash=token_hash,
+        )
+    return bool(marked)
+
+
+def _wait_for_slot(task: Task, adapter: Provider, now: datetime, busy: int, limit: int) -> None:
+    label = task.key.label if task.key else "its key"
+    message = (
+        f"Waiting for a free slot on {label}: {busy} of its {limit} tasks at {adapter.name} "
+        "are running. It is sent as soon as one finishes."
+    )
+    fields = {"next_check_at": now + timedelta(seconds=SLOT_WAIT_SECONDS), "message": message}
+    deadline = now + timedelta(minutes=settings.TASK_DEADLINE_MINUTES)
+    if task.deadline_at and task.deadline_at < deadline:
+        fields["deadline_at"] = deadline
+    give_up = now + timedelta(hours=settings.TASK_FINAL_LIMIT_HOURS)
+    if task.give_up_at and task.give_up_at < give_up:
+        fields["give_up_at"] = give_up
+    waited = Task.objects.filter(pk=task.pk, state=State.QUEUED, submit_sent_at__isnull=True)
+    if waited.update(**fields) and task.message != message:
+        log(task, "slot_wait", busy=busy, limit=limit)
 
 
 def lost_answer_message(task: Task, adapter: Provider, what: str) -> str:

@@ -186,6 +186,67 @@ RETURNING task.id, task.key_id, task.user_id, task.next_check_at
 """
 
 
+class Visibility(models.TextChoices):
+    TEAM = "team", "Team: in the shared gallery"
+    PRIVATE = "private", "Private: only you"
+
+
+class RunQuerySet(models.QuerySet):
+    def owned_by(self, user) -> "RunQuerySet":
+        """A member's own runs: what they may act on (cancel, retry, rename)."""
+        return self.filter(user=user)
+
+    def visible_to(self, user) -> "RunQuerySet":
+        """What a member may look at: their own runs and teammates' team-visible ones. A run
+        a teammate may see still shows them only the tasks they may see (Task.visible_to)."""
+        return self.filter(models.Q(user=user) | models.Q(visibility=Visibility.TEAM))
+
+
+# A run's default name: the start of its first prompt.
+RUN_NAME_CHARS = 80
+
+
+class Run(models.Model):
+    """The tasks of one order: a lone submit is a run of one; variations, a comparison across
+    models or a batch make several. Try again adds its new task to the failed task's run."""
+
+    code = models.UUIDField(default=uuid.uuid4, unique=True, editable=False)
+    user = models.ForeignKey(
+        settings.AUTH_USER_MODEL, on_delete=models.PROTECT, related_name="runs"
+    )
+    name = models.CharField(max_length=RUN_NAME_CHARS + 20)
+    visibility = models.CharField(
+        max_length=10, choices=Visibility.choices, default=Visibility.TEAM
+    )
+    created_at = models.DateTimeField(default=timezone.now)
+
+    objects = RunQuerySet.as_manager()
+
+    class Meta:
+        ordering = ["-created_at", "-id"]
+
+    def __str__(self) -> str:
+        return self.name
+
+    @staticmethod
+    def name_for(prompt: str) -> str:
+        """The default name of a run: its first prompt on one line, shortened."""
+        text = " ".join(prompt.split())
+        if len(text) > RUN_NAME_CHARS:
+            text = text[: RUN_NAME_CHARS - 1].rstrip() + "…"
+        return text or "Untitled run"
+
+    @classmethod
+    def of_one(cls, task: "Task") -> "Run":
+        """An unsaved run for a task made outside an order (an admin's or a script's)."""
+        return cls(
+            user_id=task.user_id,
+            name=cls.name_for(task.prompt),
+            visibility=task.visibility,
+            created_at=task.created_at,
+        )
+
+
 class TaskQuerySet(models.QuerySet):
     def owned_by(self, user) -> "TaskQuerySet":
         """A member's own tasks, except those they deleted: what they may change."""
@@ -249,6 +310,15 @@ class TaskQuerySet(models.QuerySet):
 
     def active(self) -> "TaskQuerySet":
         return self.filter(state__in=Task.ACTIVE_STATES)
+
+    def bulk_create(self, objs, *args, **kwargs):
+        """As Django's, after giving each task that has no run a run of one (see Task.save)."""
+        objs = list(objs)
+        lone = [task for task in objs if task.run_id is None]
+        runs = Run.objects.bulk_create(Run.of_one(task) for task in lone)
+        for task, run in zip(lone, runs, strict=True):
+            task.run = run
+        return super().bulk_create(objs, *args, **kwargs)
 
     def unleased(self, now) -> "TaskQuerySet":
         return self.filter(models.Q(lease_until__isnull=True) | models.Q(lease_until__lt=now))
@@ -366,9 +436,7 @@ class TaskQuerySet(models.QuerySet):
 class Task(models.Model):
     """One generation a member paid for, from submit to stored result or refund."""
 
-    class Visibility(models.TextChoices):
-        TEAM = "team", "Team: in the shared gallery"
-        PRIVATE = "private", "Private: only you"
+    Visibility = Visibility
 
     class State(models.TextChoices):
         QUEUED = "queued", "Queued"
@@ -388,11 +456,16 @@ class Task(models.Model):
         State.NEEDS_REVIEW,
     )
     TERMINAL_STATES = (State.SUCCEEDED, State.FAILED, State.CANCELED)
+    # What holds one of its key's slots at the gateway (ProviderKey.max_in_flight): a task the
+    # gateway has and has not finished. A queued task whose request is on its way (submit_sent_at
+    # set) holds one too; see engine.take_slot.
+    IN_FLIGHT_STATES = (State.SUBMITTED, State.RUNNING)
 
     code = models.UUIDField(default=uuid.uuid4, unique=True, editable=False)
     user = models.ForeignKey(
         settings.AUTH_USER_MODEL, on_delete=models.PROTECT, related_name="tasks"
     )
+    run = models.ForeignKey(Run, on_delete=models.PROTECT, related_name="tasks")
     provider = models.CharField(max_length=20, choices=providers.choices())
     model = models.CharField(max_length=64)
     kind = models.CharField(max_length=10, choices=[(k.value, k.value) for k in Kind])
@@ -495,6 +568,12 @@ class Task(models.Model):
                     state__in=["queued", "submitted", "running", "fetching", "needs_review"]
                 ),
             ),
+            # A key's tasks that hold or wait for one of its gateway slots (engine.take_slot).
+            models.Index(
+                fields=["key", "id"],
+                name="task_key_slots",
+                condition=models.Q(state__in=["queued", "submitted", "running"]),
+            ),
             # Typical durations for the cards come from the newest succeeded tasks.
             models.Index(
                 models.F("finished_at").desc(),
@@ -505,6 +584,15 @@ class Task(models.Model):
 
     def __str__(self) -> str:
         return f"{self.model} task {self.code}"
+
+    def save(self, *args, **kwargs) -> None:
+        # Every task belongs to a run; orders make theirs (services.submit_order), and a task
+        # made any other way (fixtures, the shell) becomes a run of one.
+        if self.run_id is None:
+            run = Run.of_one(self)
+            run.save()
+            self.run = run
+        super().save(*args, **kwargs)
 
     @property
     def is_active(self) -> bool:

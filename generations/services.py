@@ -24,7 +24,7 @@ from django.core.exceptions import ValidationError
 from django.core.files.base import ContentFile
 from django.core.files.storage import default_storage
 from django.db import transaction
-from django.db.models import Count, Q
+from django.db.models import Count, Q, Subquery
 from django.urls import reverse
 from django.utils import timezone
 
@@ -41,6 +41,7 @@ from generations.models import (
     PriceMissing,
     ReferenceImage,
     Result,
+    Run,
     Task,
     TaskEvent,
     price_list,
@@ -95,8 +96,11 @@ class OrderItem:
 
 @dataclass(frozen=True)
 class Order:
-    """Everything one submit asks for. Every way a task starts (the Create page, Try again,
-    and whatever comes next) builds one of these and hands it to `submit_order`."""
+    """Everything one submit asks for. Every way a task starts (the Create page, a batch, Try
+    again, and whatever comes next) builds one of these and hands it to `submit_order`.
+
+    The order's tasks make one new run, named `name` (the first prompt, shortened, when
+    empty), unless `run` names a run of the member's to add them to (Try again)."""
 
     items: tuple[OrderItem, ...]
     visibility: str = "team"
@@ -104,10 +108,13 @@ class Order:
     token: uuid.UUID | None = None
     actor: str = "member"
     note: str = "submitted"
+    name: str = ""
+    run: Run | None = None
 
 
 @dataclass(frozen=True)
 class OrderOutcome:
+    run: Run
     tasks: list[Task]
     created: bool  # False when the token had already made these tasks: nothing was charged
     balance: int  # the member's balance once the order is done, read under their lock
@@ -149,10 +156,20 @@ def submit_order(user, order: Order) -> OrderOutcome:
         tokens = [item_token(order.token, i) for i in range(len(order.items))]
         tasks = {
             t.submit_token: t
-            for t in Task.objects.filter(user=locked).filter(submit_token__in=tokens)
+            for t in Task.objects.filter(user=locked)
+            .filter(submit_token__in=tokens)
+            .select_related("run")
         }
-        return OrderOutcome(
-            [tasks[t] for t in tokens if t in tasks], created=False, balance=locked.credit_balance
+        found = [tasks[t] for t in tokens if t in tasks]
+        return OrderOutcome(found[0].run, found, created=False, balance=locked.credit_balance)
+    if order.run is not None and order.run.user_id != locked.pk:
+        raise SubmitRefused("Tasks can only be added to your own runs.", code="run")
+    most = limits.max_tasks_per_run
+    if len(order.items) > most:
+        raise SubmitRefused(
+            f"This makes {len(order.items)} tasks; one submit may make at most {most}. "
+            "Split it into smaller runs.",
+            code="too_many",
         )
 
     checked, prices = _checked_items(locked, order.items, len(order.images))
@@ -162,8 +179,16 @@ def submit_order(user, order: Order) -> OrderOutcome:
     saved: list[str] = []
     try:
         encoded = _encode_images(order.images)
+        # One time for the whole order: the submit rate counts orders by it (_task_counts).
+        now = timezone.now()
+        run = order.run or Run.objects.create(
+            user=locked,
+            name=order.name or Run.name_for(order.items[0].request.prompt),
+            visibility=order.visibility,
+            created_at=now,
+        )
         tasks = [
-            _create_task(locked, order, index, item, spec, price, encoded, saved)
+            _create_task(locked, order, run, now, index, item, spec, price, encoded, saved)
             for index, (item, spec, price) in enumerate(checked)
         ]
     except BaseException:
@@ -175,7 +200,7 @@ def submit_order(user, order: Order) -> OrderOutcome:
         # By name, after commit: a rollback leaves no job, and this module never imports the
         # engine (which imports this module).
         transaction.on_commit(partial(enqueue_submit, task.pk))
-    return OrderOutcome(tasks, created=True, balance=locked.credit_balance, prices=prices)
+    return OrderOutcome(run, tasks, created=True, balance=locked.credit_balance, prices=prices)
 
 
 def submit_task(
@@ -207,20 +232,24 @@ def enqueue_submit(pk: int) -> None:
 
 
 def _task_counts(locked, token: uuid.UUID | None, *, active: bool) -> dict[str, int]:
-    """The member's tasks that bear on a submit, counted by one statement: those of the last
-    minute (the rate), the one `token` made ("repeated"), and, when a limit asks, the active
-    ones. The index of each member's tasks by age keeps it to this member's rows."""
-    wanted = {"recent": Q(created_at__gt=timezone.now() - timedelta(minutes=1))}
+    """The member's tasks that bear on a submit, counted by one statement: the submits of the
+    last minute (the rate), the task `token` made ("repeated"), and, when a limit asks, the
+    active tasks. The index of each member's tasks by age keeps it to this member's rows.
+
+    The rate counts submits, not tasks: a run of twelve variations is one submit (its size
+    has its own cap). Every task of one order has the order's created_at, and two orders of
+    one member never share one (they run one after the other under the member's lock), so
+    the distinct times are the submits."""
+    recent = Q(created_at__gt=timezone.now() - timedelta(minutes=1))
+    wanted = {"recent": Count("created_at", filter=recent, distinct=True)}
+    either = recent
     if token is not None:
-        wanted["repeated"] = Q(submit_token=token)
+        wanted["repeated"] = Count("pk", filter=Q(submit_token=token))
+        either |= Q(submit_token=token)
     if active:
-        wanted["active"] = Q(state__in=Task.ACTIVE_STATES)
-    either = Q()
-    for condition in wanted.values():
-        either |= condition
-    return Task.objects.filter(either, user=locked).aggregate(
-        **{name: Count("pk", filter=condition) for name, condition in wanted.items()}
-    )
+        wanted["active"] = Count("pk", filter=Q(state__in=Task.ACTIVE_STATES))
+        either |= Q(state__in=Task.ACTIVE_STATES)
+    return Task.objects.filter(either, user=locked).aggregate(**wanted)
 
 
 def _checked_items(locked, items: tuple[OrderItem, ...], image_count: int) -> tuple[list, dict]:
@@ -267,19 +296,12 @@ def _check_limits(
     """The member's rate, quotas and balance, for the whole order at once."""
     count = len(checked)
     limit = settings.SUBMIT_RATE_PER_MINUTE
-    recent = counts["recent"]
-    if recent + count > limit:
-        if count == 1:
-            message = (
-                f"You have submitted {limit} tasks in the last minute, the limit; "
-                "wait a moment and submit again."
-            )
-        else:
-            message = (
-                f"This submits {count} tasks and you have submitted {recent} in the last minute; "
-                f"the limit is {limit} a minute. Wait a moment and submit again."
-            )
-        raise SubmitRefused(message, code="rate_limited")
+    if counts["recent"] + 1 > limit:
+        raise SubmitRefused(
+            f"You have submitted {limit} times in the last minute, the limit; "
+            "wait a moment and submit again.",
+            code="rate_limited",
+        )
     for item, spec, _price in checked:
         if not limits.allows(item.request.provider, item.request.model):
             raise SubmitRefused(f"Your quota does not include {spec.label}.", code="quota")
@@ -335,7 +357,9 @@ def reference_url(token: str) -> str:
     return f"{settings.PUBLIC_URL}{reverse('generations-reference', args=[token])}"
 
 
-def _create_task(locked, order: Order, index: int, item: OrderItem, spec, price, images, saved):
+def _create_task(
+    locked, order: Order, run: Run, now, index: int, item: OrderItem, spec, price, images, saved
+):
     request, key = item.request, item.key
     # Each task owns its copies of the images: they are deleted with it, and their public
     # links close when it ends, whatever happens to the order's other tasks.
@@ -344,9 +368,9 @@ def _create_task(locked, order: Order, index: int, item: OrderItem, spec, price,
         sent = tuple(data_uri(clean) for _image, clean in images)
     else:
         sent = tuple(reference_url(token) for token in tokens)
-    now = timezone.now()
     task = Task.objects.create(
         user=locked,
+        run=run,
         created_at=now,
         # Due at once: the job enqueued on commit normally takes it first; if that job is lost
         # the dispatcher still finds the task.
@@ -436,10 +460,32 @@ def transition(
     TaskEvent.objects.create(
         task=task, from_state=current, to_state=to_state, actor=actor, reason=reason
     )
+    if current in Task.IN_FLIGHT_STATES and to_state not in Task.IN_FLIGHT_STATES:
+        wake_next_on_key(task.key_id, now)
     task.state = to_state
     for name, value in fields.items():
         setattr(task, name, value)
     return True
+
+
+def wake_next_on_key(key_id: int | None, now) -> None:
+    """A task left its key's slot at the gateway: the key's earliest task waiting for a slot
+    (engine.take_slot) is looked at now rather than at its next scheduled look. Only tasks
+    never sent are woken: one sent before may be waiting out a gateway's Retry-After."""
+    if key_id is None:
+        return
+    waiting = (
+        Task.objects.filter(
+            key_id=key_id,
+            state=Task.State.QUEUED,
+            submit_sent_at__isnull=True,
+            submit_attempts=0,
+            next_check_at__gt=now,
+        )
+        .order_by("id")
+        .values("pk")[:1]
+    )
+    Task.objects.filter(pk__in=Subquery(waiting)).update(next_check_at=now)
 
 
 def _end_with_refund(
@@ -616,6 +662,7 @@ def retry_order(task: Task, *, token: uuid.UUID | None, actor: str = "member") -
         token=token,
         actor=actor,
         note=f"retry of task {task.code}",
+        run=task.run,
     )
 
 

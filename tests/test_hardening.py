@@ -272,7 +272,7 @@ def test_the_admin_login_is_throttled_the_same_way(client, carol):
 # --- the submit limit --------------------------------------------------------------------------
 
 LIMIT_MESSAGE = (
-    "You have submitted 2 tasks in the last minute, the limit; wait a moment and submit again."
+    "You have submitted 2 times in the last minute, the limit; wait a moment and submit again."
 )
 
 

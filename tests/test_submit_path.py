@@ -134,17 +134,24 @@ def test_an_order_is_checked_as_a_whole_and_written_all_or_nothing(alice, key):
     assert outcome.created and len(outcome.tasks) == 2
 
 
-def test_an_order_counts_every_task_against_the_rate_and_the_active_limit(alice, key, settings):
+def test_the_rate_counts_submits_and_the_active_limit_counts_every_task(alice, key, settings):
+    """A run of four variations is one submit against the per-minute rate, but four tasks
+    against the active-task limit."""
     settings.SUBMIT_RATE_PER_MINUTE = 3
+    for _ in range(3):
+        outcome = submit_order(alice, Order(items=tuple(OrderItem(CAT, key) for _ in range(4))))
+        assert len(outcome.tasks) == 4 and len({t.run_id for t in outcome.tasks}) == 1
     with pytest.raises(SubmitRefused) as refusal:
-        submit_order(alice, Order(items=tuple(OrderItem(CAT, key) for _ in range(4))))
+        submit_order(alice, Order(items=(OrderItem(CAT, key),)))
     assert refusal.value.code == "rate_limited"
+    assert "You have submitted 3 times in the last minute" in refusal.value.message
     settings.SUBMIT_RATE_PER_MINUTE = 100
-    Quota.objects.create(user=alice, max_active_tasks=2)
+    Quota.objects.create(user=alice, max_active_tasks=14)
     with pytest.raises(SubmitRefused) as refusal:
         submit_order(alice, Order(items=tuple(OrderItem(CAT, key) for _ in range(3))))
     assert refusal.value.code == "quota"
-    assert Task.objects.count() == 0
+    assert "You have 12 active tasks and this adds 3; your limit is 14." in refusal.value.message
+    assert Task.objects.count() == 12
 
 
 def test_a_repeated_order_token_returns_every_task_it_made(alice, key):

@@ -42,7 +42,8 @@ CREATE = "/create/"
 # Before, the same submit ran 14: the key was read again under the lock, a whole task row was
 # read for the token, the rate counted apart, the team's and the member's quotas read apart
 # (16 under all the limits: the active tasks counted apart again, then the spending).
-SUBMIT_STATEMENTS = 10
+# The run the task belongs to is one INSERT more (11): every order makes one.
+SUBMIT_STATEMENTS = 11
 # An htmx submit answers with a fresh form and the new task's card, from what the submit has
 # read already (the member's balance, the keys, the prices, the task itself): only the card's
 # results are asked for. Before, it ran 20: the member's row a third time for the balance, the

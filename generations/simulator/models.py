@@ -22,6 +22,8 @@ class SimulatedJob(models.Model):
     run_seconds = models.FloatField()
     webhook_url = models.URLField(max_length=1000, blank=True)
     status_calls = models.PositiveIntegerField(default=0)
+    # The last four characters of the key that created it: tests read a key's jobs from here.
+    key_last4 = models.CharField(max_length=4, blank=True)
     created_at = models.DateTimeField(default=timezone.now)
 
     def __str__(self) -> str:

@@ -125,8 +125,10 @@ def _small_size(aspect_ratio: str | None = None, size: str | None = None) -> tup
     return SMALL.get(aspect_ratio or "16:9", SMALL["16:9"])
 
 
-def _create(gateway: str, prefix: str, **fields) -> SimulatedJob:
+def _create(request: HttpRequest, gateway: str, prefix: str, **fields) -> SimulatedJob:
     behaviours = _behaviours(fields["prompt"])
+    # Which key asked, as a gateway's own records would show it: the last four characters.
+    fields["key_last4"] = (_token(request) or "")[-4:]
     run_seconds = float(settings.SIMULATOR_SECONDS) * (5 if "slow" in behaviours else 1)
     return SimulatedJob.objects.create(
         gateway=gateway,
@@ -246,6 +248,7 @@ def omniakey_create(request: HttpRequest) -> HttpResponse:
         )
     width, height = _small_size(aspect)
     job = _create(
+        request,
         "omniakey",
         "vtask-",
         model=model,
@@ -349,6 +352,7 @@ def omnivideo_create(request: HttpRequest) -> HttpResponse:
         return _envelope(0, "积分不足,请充值")
     width, height = _small_size(body.get("aspect_ratio"))
     job = _create(
+        request,
         "omnivideo",
         "",
         model=model,
@@ -441,6 +445,7 @@ def apimart_create(request: HttpRequest) -> HttpResponse:
         )
     width, height = _small_size(aspect)
     job = _create(
+        request,
         "apimart",
         "task_01",
         model="Omni-Flash-Ext",
@@ -552,6 +557,7 @@ def omixa_create(request: HttpRequest) -> HttpResponse:
         return _omixa_error(400, "invalid_size", f"size must be one of {', '.join(OMIXA_SIZES)}.")
     width, height = _small_size(size=size)
     job = _create(
+        request,
         "omixa",
         "job_",
         model="sora",
