@@ -65,6 +65,36 @@ def append_entry(
     return entry
 
 
+def append_debits(locked_user, debits: list) -> list[LedgerEntry]:
+    """Debit each of `debits` ((task, reason) pairs) its `credits_charged`, as append_entry
+    would one by one, but with one INSERT and one balance update: each entry's balance_after
+    is the balance once it and those before it are taken. All or none: InsufficientCredits,
+    with nothing written, when the balance does not cover them all. Call inside a
+    transaction, with `locked_user` from lock_user()."""
+    balance = locked_user.credit_balance
+    total = sum(task.credits_charged for task, _reason in debits)
+    if balance - total < 0:
+        raise InsufficientCredits(f"This needs {total} credits and the balance is {balance}.")
+    entries = []
+    for task, reason in debits:
+        balance -= task.credits_charged
+        entries.append(
+            LedgerEntry(
+                user=locked_user,
+                kind=LedgerEntry.Kind.DEBIT,
+                amount=-task.credits_charged,
+                balance_after=balance,
+                task=task,
+                idempotency_key=f"task:{task.pk}:debit",
+                reason=reason,
+            )
+        )
+    LedgerEntry.objects.bulk_create(entries)
+    type(locked_user).objects.filter(pk=locked_user.pk).update(credit_balance=balance)
+    locked_user.credit_balance = balance
+    return entries
+
+
 @transaction.atomic
 def grant(user, amount: int, *, by, reason: str, idempotency_key: str | None = None):
     """Give a member credits (an admin's grant). A repeated `idempotency_key` returns the

@@ -31,6 +31,7 @@ from django.utils import timezone
 from accounts.ledger import (
     EffectiveQuota,
     InsufficientCredits,
+    append_debits,
     append_entry,
     lock_for_submit,
     lock_user,
@@ -187,20 +188,23 @@ def submit_order(user, order: Order) -> OrderOutcome:
             visibility=order.visibility,
             created_at=now,
         )
-        tasks = [
-            _create_task(locked, order, run, now, index, item, spec, price, encoded, saved)
-            for index, (item, spec, price) in enumerate(checked)
-        ]
+        tasks = _create_tasks(locked, order, run, now, checked, encoded, saved)
     except BaseException:
         # Storage is not transactional: whatever this attempt stored goes with the rollback.
         for name in saved:
             default_storage.delete(name)
         raise
-    for task in tasks:
+    for task in tasks[:ORDER_JOBS]:
         # By name, after commit: a rollback leaves no job, and this module never imports the
         # engine (which imports this module).
         transaction.on_commit(partial(enqueue_submit, task.pk))
     return OrderOutcome(run, tasks, created=True, balance=locked.credit_balance, prices=prices)
+
+
+# Submit jobs enqueued per order. The tasks are due at once, so the dispatcher (which the first
+# job wakes) sends the rest of a large run; each key sends only its slots' worth at a time
+# anyway, and a hundred jobs would only find their tasks waiting.
+ORDER_JOBS = 8
 
 
 def submit_task(
@@ -268,12 +272,15 @@ def _checked_items(locked, items: tuple[OrderItem, ...], image_count: int) -> tu
         requests.append(request)
     prices = price_list(requests)
     checked = []
+    usable: dict[tuple[int, str], bool] = {}  # each key is asked about once per order
     for item, request in zip(items, requests, strict=True):
         spec = catalog.get(request.provider, request.model)
         key = item.key
-        if not item.key_checked and not (
-            ProviderKey.objects.usable_by(locked, request.provider).filter(pk=key.pk).exists()
-        ):
+        if not item.key_checked and (key.pk, request.provider) not in usable:
+            usable[key.pk, request.provider] = (
+                ProviderKey.objects.usable_by(locked, request.provider).filter(pk=key.pk).exists()
+            )
+        if not item.key_checked and not usable[key.pk, request.provider]:
             raise SubmitRefused(
                 f"The key {key.label!r} cannot be used for {spec.label} ({key.status}).",
                 {"key": ["Choose an active key for this gateway."]},
@@ -357,74 +364,80 @@ def reference_url(token: str) -> str:
     return f"{settings.PUBLIC_URL}{reverse('generations-reference', args=[token])}"
 
 
-def _create_task(
-    locked, order: Order, run: Run, now, index: int, item: OrderItem, spec, price, images, saved
-):
-    request, key = item.request, item.key
-    # Each task owns its copies of the images: they are deleted with it, and their public
-    # links close when it ends, whatever happens to the order's other tasks.
-    tokens = [secrets.token_urlsafe(24) for _ in images]
-    if spec.provider in DATA_URI_GATEWAYS:
-        sent = tuple(data_uri(clean) for _image, clean in images)
-    else:
-        sent = tuple(reference_url(token) for token in tokens)
-    task = Task.objects.create(
-        user=locked,
-        run=run,
-        created_at=now,
-        # Due at once: the job enqueued on commit normally takes it first; if that job is lost
-        # the dispatcher still finds the task.
-        next_check_at=now,
-        deadline_at=now + timedelta(minutes=settings.TASK_DEADLINE_MINUTES),
-        give_up_at=now + timedelta(hours=settings.TASK_FINAL_LIMIT_HOURS),
-        provider=request.provider,
-        model=request.model,
-        kind=spec.kind.value,
-        prompt=request.prompt,
-        params={
-            "duration": request.duration,
-            "resolution": request.resolution,
-            "aspect_ratio": request.aspect_ratio,
-            "reference_images": list(sent + request.reference_images),
-        },
-        key=key,
-        key_label=f"{key.label} ({key.provider_name} {key.masked})",
-        submit_token=item_token(order.token, index),
-        visibility=order.visibility,
-        price_unit=price.unit,
-        price_credits_per_unit=price.credits_per_unit,
-        price_units=price.units,
-        price_multiplier=price.multiplier,
-        credits_charged=price.total,
-    )
-    for token, (image, clean) in zip(tokens, images, strict=True):
-        name = default_storage.save(
-            f"references/{token}.{clean.extension}", ContentFile(clean.data)
-        )
-        saved.append(name)
-        ReferenceImage.objects.create(
+def _create_tasks(locked, order: Order, run: Run, now, checked: list, images, saved) -> list[Task]:
+    """Write the order's tasks, their reference images, debits and first events: one INSERT
+    per table and one balance update, however many tasks the order has."""
+    tasks, references = [], []
+    for index, (item, spec, price) in enumerate(checked):
+        request, key = item.request, item.key
+        # Each task owns its copies of the images: they are deleted with it, and their public
+        # links close when it ends, whatever happens to the order's other tasks.
+        tokens = [secrets.token_urlsafe(24) for _ in images]
+        if spec.provider in DATA_URI_GATEWAYS:
+            sent = tuple(data_uri(clean) for _image, clean in images)
+        else:
+            sent = tuple(reference_url(token) for token in tokens)
+        task = Task(
             user=locked,
-            task=task,
-            token=token,
-            file=name,
-            content_type=clean.content_type,
-            width=image.width,
-            height=image.height,
-            size=len(clean.data),
+            run=run,
+            created_at=now,
+            # Due at once: the job enqueued on commit normally takes it first; if that job is
+            # lost (or the order is larger than ORDER_JOBS) the dispatcher finds the task.
+            next_check_at=now,
+            deadline_at=now + timedelta(minutes=settings.TASK_DEADLINE_MINUTES),
+            give_up_at=now + timedelta(hours=settings.TASK_FINAL_LIMIT_HOURS),
+            provider=request.provider,
+            model=request.model,
+            kind=spec.kind.value,
+            prompt=request.prompt,
+            params={
+                "duration": request.duration,
+                "resolution": request.resolution,
+                "aspect_ratio": request.aspect_ratio,
+                "reference_images": list(sent + request.reference_images),
+            },
+            key=key,
+            key_label=f"{key.label} ({key.provider_name} {key.masked})",
+            submit_token=item_token(order.token, index),
+            visibility=order.visibility,
+            price_unit=price.unit,
+            price_credits_per_unit=price.credits_per_unit,
+            price_units=price.units,
+            price_multiplier=price.multiplier,
+            credits_charged=price.total,
+            updated_at=now,
         )
+        tasks.append(task)
+        for token, (image, clean) in zip(tokens, images, strict=True):
+            name = default_storage.save(
+                f"references/{token}.{clean.extension}", ContentFile(clean.data)
+            )
+            saved.append(name)
+            references.append(
+                ReferenceImage(
+                    user=locked,
+                    task=task,
+                    token=token,
+                    file=name,
+                    content_type=clean.content_type,
+                    width=image.width,
+                    height=image.height,
+                    size=len(clean.data),
+                )
+            )
+    Task.objects.bulk_create(tasks)
+    # Each reference (and debit) takes its task's new key from the task as it is saved.
+    ReferenceImage.objects.bulk_create(references)
+    labels = [spec.label for _item, spec, _price in checked]
     try:
-        append_entry(
-            locked,
-            LedgerEntry.Kind.DEBIT,
-            -price.total,
-            idempotency_key=f"task:{task.pk}:debit",
-            task=task,
-            reason=f"{spec.label}",
-        )
+        append_debits(locked, list(zip(tasks, labels, strict=True)))
     except InsufficientCredits as exc:  # the balance was checked under the lock; belt and braces
         raise SubmitRefused(str(exc), code="balance") from None
-    TaskEvent.objects.create(task=task, to_state=task.state, actor=order.actor, reason=order.note)
-    return task
+    TaskEvent.objects.bulk_create(
+        TaskEvent(task=task, to_state=task.state, actor=order.actor, reason=order.note)
+        for task in tasks
+    )
+    return tasks
 
 
 def data_uri(clean: EncodedImage) -> str:

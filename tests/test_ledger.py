@@ -286,7 +286,8 @@ def test_an_error_between_debit_and_task_record_leaves_nothing(funded, key, monk
     def broken(*args, **kwargs):
         raise RuntimeError("disk full")
 
-    monkeypatch.setattr(TaskEvent.objects, "create", broken)
+    # The task's first event is written last, after its debit.
+    monkeypatch.setattr(TaskEvent.objects, "bulk_create", broken)
     with pytest.raises(RuntimeError):
         submit_task(funded, CAT, key=key)
     assert Task.objects.count() == 0 and LedgerEntry.objects.filter(kind="debit").count() == 0

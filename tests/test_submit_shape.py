@@ -35,10 +35,11 @@ CREATE = "/create/"
 #  5. the member's tasks counted once: the last minute's (the rate), the form token's (a
 #     repeat) and, under an active-task limit, the active ones
 #  6. the prices of the order's models
-#  7. INSERT the task, every field (visibility, price snapshot, deadlines) in it
-#  8. INSERT the debit
-#  9. UPDATE the cached balance
-# 10. INSERT the task's first event
+#  7. INSERT the run
+#  8. INSERT the task, every field (visibility, price snapshot, deadlines) in it
+#  9. INSERT the debit
+# 10. UPDATE the cached balance
+# 11. INSERT the task's first event
 # Before, the same submit ran 14: the key was read again under the lock, a whole task row was
 # read for the token, the rate counted apart, the team's and the member's quotas read apart
 # (16 under all the limits: the active tasks counted apart again, then the spending).
@@ -208,3 +209,33 @@ def test_each_task_is_enqueued_through_the_one_broker_of_the_process(client, ali
     assert len(made) == 1
     assert sorted(job["args"][0] for job in sent) == pks
     assert {job["func"] for job in sent} == {"generations.jobs.submit"}
+
+
+def test_a_run_of_many_tasks_runs_as_many_statements_as_a_run_of_one(alice, key, enqueued):
+    """A run is one transaction with one INSERT per table, whatever its size: a hundred
+    variations cost the database what one task does, and enqueue a few jobs, not a hundred."""
+    request = GenerationRequest(
+        provider="apimart", model="Omni-Flash-Ext", prompt="A red fox", duration=6
+    )
+
+    def order_of(count: int) -> list[str]:
+        order = services.Order(items=tuple(services.OrderItem(request, key) for _ in range(count)))
+        with CaptureQueriesContext(connection) as statements:
+            outcome = services.submit_order(alice, order)
+        assert len(outcome.tasks) == count
+        return [q["sql"] for q in statements.captured_queries]
+
+    ledger.grant(alice, 10_000, by=alice, reason="a large run")
+    one = order_of(1)
+    enqueued.clear()
+    hundred = order_of(100)
+    if connection.vendor == "postgresql":
+        assert len(hundred) == len(one)
+    else:
+        # SQLite takes at most 999 parameters a statement, so Django splits the task rows
+        # (45 columns each) into a few INSERTs: still nothing per task.
+        assert len(hundred) <= len(one) + 8
+    assert len(enqueued) == services.ORDER_JOBS
+    assert len(mentioning(hundred, "accounts_ledgerentry")) == 1
+    alice.refresh_from_db()
+    assert ledger.audit() == []
