@@ -18,7 +18,7 @@ from django.urls import path
 
 from accounts.models import LedgerEntry
 from generations import providers
-from generations.models import ModelPrice, Task, TaskEvent, TaskInReview
+from generations.models import ModelPrice, Run, Task, TaskEvent, TaskInReview
 from generations.providers import catalog
 from generations.services import fail_task, mark_delivered, recheck_now
 
@@ -238,6 +238,34 @@ def report_totals(rows: list[CostRow]) -> CostRow:
         if row.lost_cost is not None:
             total.lost_cost = (total.lost_cost or Decimal(0)) + row.lost_cost
     return total
+
+
+@admin.register(Run)
+class RunAdmin(admin.ModelAdmin):
+    """Every member's runs, read-only: who submitted what together, and how it went."""
+
+    list_display = ("name", "user", "visibility", "task_count", "created_at")
+    list_select_related = ("user",)
+    list_filter = ("visibility",)
+    search_fields = ("code", "name", "user__username")
+    readonly_fields = ("code", "user", "name", "visibility", "created_at")
+    fields = readonly_fields
+
+    def get_queryset(self, request):
+        return super().get_queryset(request).annotate(tasks_in_run=Count("tasks"))
+
+    @admin.display(description="tasks", ordering="tasks_in_run")
+    def task_count(self, run: Run) -> int:
+        return run.tasks_in_run
+
+    def has_add_permission(self, request) -> bool:
+        return False
+
+    def has_change_permission(self, request, obj=None) -> bool:
+        return False
+
+    def has_delete_permission(self, request, obj=None) -> bool:
+        return False
 
 
 @admin.register(Task)

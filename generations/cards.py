@@ -10,10 +10,15 @@ cards and every poll of them would otherwise ask the database the same question.
 A page of cards or tiles links each one to a few pages of its task. The links are built from
 one reverse() per kind of link and page, not one per link: see link_maker. An ended task's card
 no longer changes unless the task does, so My tasks renders it once and keeps it (CARD_CACHE).
+
+A task of a run of several tasks links to its run's page ("Run: <name> (N tasks)"). The run
+and its size come in the caller's own statement (run_task_counts); a caller that does not ask
+for them shows no run link, and costs nothing more.
 """
 
 from __future__ import annotations
 
+import hashlib
 from collections import defaultdict
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -21,7 +26,7 @@ from statistics import median
 from uuid import UUID
 
 from django.core.cache.backends.locmem import LocMemCache
-from django.db.models import QuerySet
+from django.db.models import Count, OuterRef, QuerySet, Subquery
 from django.template.loader import get_template
 from django.urls import get_script_prefix, reverse
 from django.utils import timezone
@@ -127,16 +132,48 @@ def timing(task: Task, typical: dict | None = None) -> Timing:
 REFUNDED_STATES = (Task.State.FAILED, Task.State.CANCELED)
 
 
+def run_task_counts(tasks: QuerySet[Task]) -> QuerySet[Task]:
+    """`tasks` with what their cards need to link to their runs, read by the same statement:
+    each task's run (select_related) and `run_task_count`, how many undeleted tasks the run
+    has."""
+    size = (
+        Task.objects.filter(run=OuterRef("run"), deleted_at__isnull=True)
+        .order_by()
+        .values("run")
+        .annotate(count=Count("pk"))
+        .values("count")
+    )
+    return tasks.select_related("run").annotate(run_task_count=Subquery(size))
+
+
+def shows_run_link(task: Task) -> bool:
+    """Whether the card links to its run: the caller read the run with its size
+    (run_task_counts), the run has more than this task, and whoever may see the card may see
+    the run (a card is the same for every viewer, see keep_ended_cards, so this cannot ask who
+    looks): the run is shared with the team, or the task is private, so only its owner ever
+    sees it."""
+    return (
+        (getattr(task, "run_task_count", None) or 0) > 1
+        and Task.run.is_cached(task)
+        and (
+            task.run.visibility == Task.Visibility.TEAM
+            or task.visibility == Task.Visibility.PRIVATE
+        )
+    )
+
+
 def with_timing(tasks) -> list[Task]:
     """The tasks, each with what its card shows beyond its fields: `.timing`, `.cancelable`,
     `.refunded`, `.first_result` (None before there is one) and `.links` (its page, its
-    Cancel form's action and its first result's poster, where it has them). The results come
-    from the tasks' prefetched results where the caller prefetched them."""
+    Cancel form's action, its first result's poster and its run, where it has them). The
+    results come from the tasks' prefetched results where the caller prefetched them; the run
+    link needs the run and its size from run_task_counts."""
     tasks = list(tasks)
     typical = typical_seconds() if any(t.is_active for t in tasks) else {}
     page_url = link_maker("generations-task", UUID)
     cancel_url = link_maker("generations-task-cancel", UUID)
     poster_url = link_maker("generations-poster", UUID, int)
+    run_url = link_maker("generations-run", UUID) if any(map(shows_run_link, tasks)) else None
     for task in tasks:
         task.timing = timing(task, typical)
         task.cancelable = task.state in CANCELABLE_STATES
@@ -147,7 +184,18 @@ def with_timing(tasks) -> list[Task]:
             task.links["cancel"] = cancel_url(task.code)
         if task.first_result is not None:
             task.links["poster"] = poster_url(task.code, task.first_result.position)
+        if run_url is not None and shows_run_link(task):
+            task.links["run"] = run_url(task.run.code)
     return tasks
+
+
+def _run_part(task: Task) -> str:
+    """What a card's run link shows, for its key in CARD_CACHE: a run grows when a task of it
+    is tried again, which changes none of the older tasks' own fields."""
+    if "run" not in getattr(task, "links", {}):
+        return ""
+    name = hashlib.blake2b(task.run.name.encode(), digest_size=8).hexdigest()
+    return f"run{task.run_task_count}-{name}"
 
 
 def keep_ended_cards(tasks: list[Task]) -> None:
@@ -167,6 +215,7 @@ def keep_ended_cards(tasks: list[Task]) -> None:
                 task.state,
                 str(getattr(task.first_result, "pk", "")),
                 prefix,
+                _run_part(task),
             )
         ): task
         for task in tasks

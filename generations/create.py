@@ -25,17 +25,19 @@ from django.views.decorators.http import (
 )
 
 from generations import services
-from generations.cards import with_timing
+from generations.cards import run_task_counts, with_timing
 from generations.forms import (
     DEFAULT_SPEC,
     MAX_CARRIED,
+    MAX_VARIATIONS,
     CreateForm,
     carried_references,
     find_carried,
     initial_from,
+    option_values,
     spec_for,
 )
-from generations.models import PriceMissing, ReferenceImage, Task, quote
+from generations.models import PriceMissing, ReferenceImage, Task, price_list, quote
 from generations.providers import GenerationRequest, catalog
 
 RECENT_TASKS = 12
@@ -45,45 +47,85 @@ PRICE_UNAVAILABLE = "The price shows once the duration, resolution and aspect ra
 # --- the price -------------------------------------------------------------------------------
 
 
+def priced_request(spec, data) -> GenerationRequest | None:
+    """The request whose price `data` asks for on `spec` (its settings that the model has,
+    defaults for the rest), or None when they do not make a price yet."""
+    values = {name: value or None for name, value in option_values(spec, data).items()}
+    try:
+        duration = int(values["duration"]) if values["duration"] else None
+    except ValueError:
+        return None
+    request = catalog.with_defaults(
+        GenerationRequest(
+            provider=spec.provider,
+            model=spec.model,
+            prompt="",
+            duration=duration,
+            resolution=values["resolution"],
+            aspect_ratio=values["aspect_ratio"],
+        )
+    )
+    if {"duration", "resolution", "aspect_ratio"} & catalog.validate(request).keys():
+        return None
+    return request
+
+
 def price_for(user, data, prices: dict | None = None) -> dict:
     """What the price partial shows for the posted values: a quote and the balance after it, or
-    a short neutral note when the values do not make a price. `prices` are prices this request
-    has read already (a submit's), used where they hold the model's."""
+    a short neutral note when the values do not make a price. With variations or more models
+    to try on, the whole run's price, one line per model. `prices` are prices this request
+    has read already (a submit's), used where they hold every model's."""
     spec = spec_for(data.get("model"))
     if spec is None:
         return {"note": "Choose a model to see the price."}
-
-    def offered(name: str, values) -> str | None:
-        return (data.get(name) or None) if values else None
-
     try:
-        duration = offered("duration", spec.durations)
-        request = catalog.with_defaults(
-            GenerationRequest(
-                provider=spec.provider,
-                model=spec.model,
-                prompt="",
-                duration=int(duration) if duration else None,
-                resolution=offered("resolution", spec.resolutions),
-                aspect_ratio=offered("aspect_ratio", spec.aspect_ratios),
-            )
-        )
+        variations = min(max(int(data.get("variations") or 1), 1), MAX_VARIATIONS)
     except ValueError:
+        variations = 1
+    also = []
+    if hasattr(data, "getlist"):
+        also = [spec_for(value) for value in dict.fromkeys(data.getlist("also"))]
+        also = [other for other in also if other is not None and other != spec]
+    requests = {model: priced_request(model, data) for model in [spec, *also]}
+    if requests[spec] is None:
         return {"note": PRICE_UNAVAILABLE}
-    if {"duration", "resolution", "aspect_ratio"} & catalog.validate(request).keys():
-        return {"note": PRICE_UNAVAILABLE}
-    known = prices if prices and (spec.provider, spec.model) in prices else None
-    try:
-        price = quote(request, known)
-    except PriceMissing:
-        return {"note": f"{spec.label} has no price yet; an admin has to set one."}
+    wanted = [request for request in requests.values() if request is not None]
+    if not prices or any((r.provider, r.model) not in prices for r in wanted):
+        prices = price_list(wanted)
+    lines = []
+    for model, request in requests.items():
+        if request is None:
+            lines.append({"spec": model, "note": "its settings above are not valid for it"})
+            continue
+        try:
+            price = quote(request, prices)
+        except PriceMissing:
+            if model == spec:
+                return {"note": f"{spec.label} has no price yet; an admin has to set one."}
+            lines.append({"spec": model, "note": "no price is set for it yet"})
+            continue
+        lines.append(
+            {
+                "spec": model,
+                "quote": price,
+                "request": request,
+                "subtotal": price.total * variations,
+            }
+        )
     balance = user.credit_balance
+    total = sum(line.get("subtotal", 0) for line in lines)
     return {
-        "quote": price,
-        "request": request,
+        "quote": lines[0]["quote"],
+        "request": lines[0]["request"],
         "balance": balance,
-        "after": balance - price.total,
-        "short": max(price.total - balance, 0),
+        "after": balance - total,
+        "short": max(total - balance, 0),
+        "total": total,
+        "variations": variations,
+        # Itemised only when there is more than one task.
+        "lines": lines if len(lines) > 1 or variations > 1 else [],
+        "count": variations * len(lines),
+        "complete": all("quote" in line for line in lines),
     }
 
 
@@ -117,7 +159,7 @@ def _render(
     form: CreateForm,
     *,
     summary: str = "",
-    card: Task | None = None,
+    cards: list[Task] = (),
     prices: dict | None = None,
 ) -> HttpResponse:
     # The order the create form shows its fields in (the form declares some in another order).
@@ -130,6 +172,8 @@ def _render(
         "carried",
         "reference_files",
         "reference_urls",
+        "variations",
+        "also",
         "key",
         "visibility",
     )
@@ -144,15 +188,16 @@ def _render(
             for name in dict.fromkeys((*shown, *form.fields))
             if name in form.fields and name != "form_token" and form.has_error(name)
         ],
-        "card": card,
+        # Newest first on the page: each is put at the top in turn, so the run's first ends up
+        # first.
+        "cards": list(reversed(cards)),
     }
     # Only a submit answers with the bare form; a GET is always the whole page (deep links,
     # history restores).
     if request.htmx and request.method == "POST":
         return render(request, "generations/_create_form.html", context)
-    context["recent"] = with_timing(
-        Task.objects.owned_by(request.user).prefetch_related("results")[:RECENT_TASKS]
-    )
+    recent = run_task_counts(Task.objects.owned_by(request.user)).prefetch_related("results")
+    context["recent"] = with_timing(recent[:RECENT_TASKS])
     context["watching"] = any(task.is_active for task in context["recent"])
     context["simulator_enabled"] = settings.SIMULATOR_ENABLED
     return render(request, "generations/create.html", context)
@@ -195,7 +240,15 @@ def _submit(request: HttpRequest) -> HttpResponse:
         return _render(request, form, summary=refusal.message)
 
     task = outcome.tasks[0]
-    if outcome.created:
+    several = len(outcome.tasks) > 1
+    if outcome.created and several:
+        charged = sum(t.credits_charged for t in outcome.tasks)
+        messages.success(
+            request,
+            f"Submitted a run of {len(outcome.tasks)} tasks, {charged} credits charged. "
+            "Its page shows them side by side as they finish.",
+        )
+    elif outcome.created:
         messages.success(
             request,
             f"Submitted: {spec.label} task, {task.credits_charged} credits charged. "
@@ -204,6 +257,8 @@ def _submit(request: HttpRequest) -> HttpResponse:
     else:
         messages.info(request, "This form was already submitted; nothing more was charged.")
     if not request.htmx:
+        if several:
+            return redirect("generations-run", code=outcome.run.code)
         return redirect("generations-task", code=task.code)
     # The answer reuses what the submit read: request.user still holds the balance read when
     # the request began (the price line's "balance after" must not lag one submit behind), the
@@ -216,10 +271,8 @@ def _submit(request: HttpRequest) -> HttpResponse:
     copies = len(order.images) if outcome.created else None
     initial.update(form_token=uuid.uuid4(), carried=carried_references(task, copies))
     fresh = CreateForm(user=request.user, spec=spec, initial=initial, keys=form.keys)
-    card = None
-    if outcome.created:
-        (card,) = with_timing([task])
-    response = _render(request, fresh, card=card, prices=outcome.prices)
+    cards = with_timing(outcome.tasks) if outcome.created else []
+    response = _render(request, fresh, cards=cards, prices=outcome.prices)
     # Wakes the page's card poller (which may have gone quiet with nothing active) once the
     # new card, with its .watch input, is on the page.
     response["HX-Trigger-After-Settle"] = "tasks-changed"
@@ -232,8 +285,11 @@ def order_from(form: CreateForm) -> services.Order:
     data = form.cleaned_data
     carried = tuple(image.source for image in data.get("carried") or ())
     return services.Order(
-        # The form offers only the keys usable_by() lists for this gateway: checked already.
-        items=(services.OrderItem(form.generation_request(()), data["key"], key_checked=True),),
+        # The form offers only the keys usable_by() lists for each gateway: checked already.
+        items=tuple(
+            services.OrderItem(request, key, key_checked=True)
+            for request, key in form.order_items()
+        ),
         visibility=data["visibility"],
         images=carried + tuple(data.get("reference_files") or ()),
         token=data["form_token"],

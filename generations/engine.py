@@ -182,6 +182,8 @@ def submit(task: Task) -> None:
 # A task waiting for a free slot on its key looks again after this long at the latest; it is
 # normally woken sooner, when one of the key's tasks leaves the gateway (services.transition).
 SLOT_WAIT_SECONDS = 15
+# How a waiting task's message starts; the run page counts the tasks that wait by it.
+WAITING_FOR_SLOT = "Waiting for a free slot"
 
 
 def take_slot(task: Task, adapter: Provider, now: datetime, token_hash: str) -> bool:
@@ -230,7 +232,7 @@ def take_slot(task: Task, adapter: Provider, now: datetime, token_hash: str) -> 
 def _wait_for_slot(task: Task, adapter: Provider, now: datetime, busy: int, limit: int) -> None:
     label = task.key.label if task.key else "its key"
     message = (
-        f"Waiting for a free slot on {label}: {busy} of its {limit} tasks at {adapter.name} "
+        f"{WAITING_FOR_SLOT} on {label}: {busy} of its {limit} tasks at {adapter.name} "
         "are running. It is sent as soon as one finishes."
     )
     fields = {"next_check_at": now + timedelta(seconds=SLOT_WAIT_SECONDS), "message": message}

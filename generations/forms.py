@@ -72,6 +72,22 @@ def model_choices() -> list[tuple[str, list[tuple[str, str]]]]:
     return list(groups.items())
 
 
+# How many times one submit may make the same request.
+MAX_VARIATIONS = 4
+
+
+def option_values(spec: ModelSpec, data) -> dict:
+    """The duration, resolution and aspect ratio of `data` that `spec` takes at all: a field a
+    model does not have is left out for it, never sent; a value it has but does not allow is
+    kept, so the catalog refuses it in its own words."""
+    offered = {
+        "duration": spec.durations,
+        "resolution": spec.resolutions,
+        "aspect_ratio": spec.aspect_ratios,
+    }
+    return {name: data.get(name) if values else None for name, values in offered.items()}
+
+
 def image_counts_text(spec: ModelSpec) -> str:
     """How many reference images a model takes, in words: "0, 1 or 3"."""
     counts = [str(n) for n in spec.image_counts]
@@ -400,6 +416,9 @@ class CreateForm(forms.Form):
         if keys is None:
             keys = list(ProviderKey.objects.choices_for(user, spec.provider))
         self.keys = keys
+        # The first key of each other gateway, read when a model to also try on needs it.
+        self._other_keys: dict[str, ProviderKey | None] = {}
+        self.also_keys: dict[str, ProviderKey] = {}
         self.fields["model"].initial = spec.key
         # The model's capability line, shown under the picker by _model_fields.html.
         self.fields["model"].help_text = spec.summary
@@ -457,6 +476,32 @@ class CreateForm(forms.Form):
             # _carried_images.html), and those the member ticked to leave out.
             self.fields["carried"] = ValuesField(required=False)
             self.fields["remove_carried"] = ValuesField(required=False)
+        self.fields["variations"] = forms.TypedChoiceField(
+            label="Variations",
+            choices=[(n, str(n)) for n in range(1, MAX_VARIATIONS + 1)],
+            coerce=int,
+            initial=1,
+            # Left out (an API, an old page), it is one.
+            required=False,
+            empty_value=1,
+            help_text="The same request several times; each is a task of its own.",
+            widget=forms.Select(attrs=PRICED),
+            error_messages={"invalid_choice": f"Choose 1 to {MAX_VARIATIONS} variations."},
+        )
+        self.fields["also"] = forms.MultipleChoiceField(
+            label="Also try on",
+            required=False,
+            choices=[
+                (gateway, [(key, label) for key, label in models if key != spec.key])
+                for gateway, models in model_choices()
+            ],
+            help_text=(
+                "The same prompt on other models, side by side in one run. Each takes the "
+                "settings above that it has, and is paid with your first key of its gateway."
+            ),
+            widget=forms.CheckboxSelectMultiple(attrs=PRICED),
+            error_messages={"invalid_choice": "Choose models from the list."},
+        )
         self.fields["key"] = forms.ChoiceField(
             label="Pay with key",
             choices=[(str(key.code), self._key_label(key)) for key in self.keys],
@@ -576,6 +621,10 @@ class CreateForm(forms.Form):
             )
         return [image for image in images if not image.removed]
 
+    def clean_also(self) -> list[ModelSpec]:
+        specs = [spec_for(value) for value in dict.fromkeys(self.cleaned_data["also"])]
+        return [spec for spec in specs if spec is not None and spec != self.spec]
+
     def clean_reference_urls(self) -> list[str]:
         lines = [line.strip() for line in self.cleaned_data["reference_urls"].splitlines()]
         urls = [line for line in lines if line]
@@ -616,7 +665,68 @@ class CreateForm(forms.Form):
                 continue
             for message in messages:
                 self.add_error(name, message)
+        self._check_also(stand_ins, bool(images))
         return cleaned
+
+    def _check_also(self, stand_ins: tuple[str, ...], has_uploads: bool) -> None:
+        """Each model to also try on must take the request as it stands: its problems are
+        shown beside "Also try on", one line per model, in the catalog's words (which say
+        what the model does allow); nothing is changed to make it fit."""
+        self.also_keys: dict[str, ProviderKey] = {}
+        if self.has_error("also"):
+            return
+        for spec in self.cleaned_data.get("also") or ():
+            request = catalog.with_defaults(self.request_for(spec, stand_ins))
+            for name, messages in catalog.validate(request).items():
+                if name == "prompt":
+                    continue  # the prompt is the main model's too, and checked there
+                for message in messages:
+                    if name == "reference_images":
+                        message = f"{spec.label}: {message}"
+                    self.add_error("also", message)
+            gateway = providers.REGISTRY[spec.provider].name
+            if has_uploads and spec.provider not in DATA_URI_GATEWAYS and not settings.PUBLIC_URL:
+                self.add_error("also", f"{spec.label}: {PUBLIC_URL_NEEDED}")
+            key = self._key_for(spec.provider)
+            if key is None:
+                self.add_error(
+                    "also",
+                    f"{spec.label}: you have no usable {gateway} key. Add one under Keys, or ask "
+                    "an admin to share one.",
+                )
+            else:
+                self.also_keys[spec.provider] = key
+
+    def _key_for(self, provider: str) -> ProviderKey | None:
+        """The key that pays for a model to also try on: the chosen key on the main model's
+        gateway, the member's first key (own before team) on any other."""
+        if provider == self.spec.provider:
+            return self.cleaned_data.get("key")
+        keys = self._other_keys
+        if provider not in keys:
+            keys[provider] = ProviderKey.objects.choices_for(self.user, provider).first()
+        return keys[provider]
+
+    def request_for(self, spec: ModelSpec, uploads: tuple[str, ...]) -> GenerationRequest:
+        """The request for another model: the same prompt and images, and the settings of
+        this form that `spec` has."""
+        data = self.cleaned_data
+        return GenerationRequest(
+            provider=spec.provider,
+            model=spec.model,
+            prompt=data.get("prompt") or "",
+            reference_images=tuple(uploads) + tuple(data.get("reference_urls") or ()),
+            **option_values(spec, data),
+        )
+
+    def order_items(self) -> list[tuple[GenerationRequest, ProviderKey]]:
+        """Every task a valid form asks for, as (request, key): each model's variations in
+        turn, the chosen model first."""
+        data = self.cleaned_data
+        wanted = [(self.generation_request(()), data["key"])]
+        for spec in data.get("also") or ():
+            wanted.append((self.request_for(spec, ()), self.also_keys[spec.provider]))
+        return [item for item in wanted for _ in range(data.get("variations") or 1)]
 
     @property
     def images_field(self) -> str:
@@ -657,6 +767,11 @@ def initial_from(data, spec: ModelSpec) -> dict:
             initial[name] = data[name]
     if data.get("visibility") in Task.Visibility.values:
         initial["visibility"] = data["visibility"]
+    if data.get("variations"):
+        initial["variations"] = data["variations"]
+    if hasattr(data, "getlist"):
+        # The models to also try on stay chosen, except the one that is now the main model.
+        initial["also"] = [value for value in data.getlist("also") if value != spec.key]
     if hasattr(data, "getlist"):
         # Carried images stay with the form (checked again when it is submitted), except
         # those the member ticked to leave out.

@@ -36,19 +36,20 @@ from django.contrib import messages
 from django.contrib.auth import get_user_model
 from django.core.cache.backends.locmem import LocMemCache
 from django.db import connections
-from django.db.models import Exists, F, OuterRef, Q, QuerySet, Subquery
+from django.db.models import Count, Exists, F, OuterRef, Q, QuerySet, Subquery
 from django.db.models.functions import Coalesce
 from django.http import HttpRequest, HttpResponse, QueryDict
 from django.shortcuts import get_object_or_404, redirect, render
 from django.template.loader import get_template, render_to_string
 from django.urls import get_script_prefix, reverse
 from django.utils import timezone
+from django.utils.http import url_has_allowed_host_and_scheme
 from django.utils.safestring import SafeString, mark_safe
 from django.views.decorators.http import require_GET, require_POST
 
 from generations import providers
 from generations.cards import link_maker
-from generations.models import Favourite, Result, Task
+from generations.models import Favourite, Result, Run, Task
 from generations.providers import Kind, catalog
 
 PAGE_SIZE = 24
@@ -57,6 +58,7 @@ FIRST_DATE = date(1900, 1, 1)
 LAST_DATE = date(9998, 12, 31)
 TILE_FIELDS = (
     "code",
+    "run_id",
     "provider",
     "model",
     "kind",
@@ -88,6 +90,8 @@ FILTER_CACHE = LocMemCache(
 # Where a kept tile takes the viewer's star. Marked safe, so it cannot come from a prompt:
 # anything a member typed is escaped.
 STAR_SLOT = mark_safe("<!--favourite-->")
+# Where a tile shown for a whole run gets the link to the rest of the run.
+RUN_SLOT = mark_safe("<!--run-->")
 DATE_FORMAT_ERROR = "Write the date as YYYY-MM-DD, e.g. 2025-03-31; this filter was ignored."
 # A search is bounded so that one request cannot ask the database for an unbounded AND.
 SEARCH_MAX_LENGTH = 200
@@ -238,6 +242,11 @@ class GalleryFilters(forms.Form):
         label="Only my favourites",
         widget=forms.CheckboxInput(attrs={"value": "1"}),
     )
+    runs = forms.BooleanField(
+        required=False,
+        label="One result per run",
+        widget=forms.CheckboxInput(attrs={"value": "1"}),
+    )
 
     def __init__(self, data: QueryDict, *, members: list[tuple[str, str]]) -> None:
         super().__init__(data)
@@ -325,9 +334,10 @@ def tile_key(task: Task, prefix: str) -> str:
     return "tile:" + hashlib.blake2b(named.encode(), digest_size=16).hexdigest()
 
 
-def render_tiles(tasks: list[Task]) -> list[SafeString]:
+def render_tiles(tasks: list[Task], runs: bool = False) -> list[SafeString]:
     """Each task's tile, with a star where `is_favourite` is set: kept tiles as they are,
-    others rendered (their covers loaded in one query) and kept for the next viewer."""
+    others rendered (their covers loaded in one query) and kept for the next viewer. With
+    `runs`, each tile stands for its run and links to the rest of it."""
     prefix = get_script_prefix()
     keys = {task.pk: tile_key(task, prefix) for task in tasks}
     kept = TILE_CACHE.get_many(keys.values())
@@ -349,18 +359,48 @@ def render_tiles(tasks: list[Task]) -> list[SafeString]:
                 links["file"] = file_url(task.code, cover.position)
                 links["poster"] = poster_url(task.code, cover.position)
             tile = template.render(
-                {"task": task, "cover": cover, "links": links, "star": STAR_SLOT}
+                {"task": task, "cover": cover, "links": links, "star": STAR_SLOT, "run": RUN_SLOT}
             )
-            fresh[keys[task.pk]] = tuple(tile.split(STAR_SLOT, 1))
+            before, after = tile.split(STAR_SLOT, 1)
+            fresh[keys[task.pk]] = (before, *after.split(RUN_SLOT, 1))
         TILE_CACHE.set_many(fresh)
         kept.update(fresh)
     star = render_to_string("generations/_gallery_star.html").strip()
+    more = runs_more(tasks) if runs else {}
     shown = []
     for task in tasks:
-        before, after = kept[keys[task.pk]]
-        # Both halves are template output, escaped where they had to be.
-        shown.append(mark_safe(before + (star if task.is_favourite else "") + after))
+        before, middle, after = kept[keys[task.pk]]
+        run = more.get(task.pk, "")
+        # Every part is template output, escaped where it had to be.
+        shown.append(mark_safe(before + (star if task.is_favourite else "") + middle + run + after))
     return shown
+
+
+def runs_more(tasks: list[Task]) -> dict[int, str]:
+    """For tiles that stand for a run: the link to the rest of the run's results, by task,
+    for runs with more than one result in the gallery. One query for the whole page."""
+    runs = {task.run_id for task in tasks}
+    sizes = dict(
+        Task.objects.in_gallery()
+        .filter(run__in=runs)
+        .values_list("run")
+        .annotate(n=Count("pk"))
+        .values_list("run", "n")
+    )
+    codes = dict(
+        Run.objects.filter(pk__in=[r for r in runs if sizes.get(r, 0) > 1]).values_list(
+            "pk", "code"
+        )
+    )
+    run_url = link_maker("generations-run", UUID)
+    template = get_template("generations/_gallery_run.html")
+    return {
+        task.pk: template.render(
+            {"more": sizes[task.run_id] - 1, "url": run_url(codes[task.run_id])}
+        )
+        for task in tasks
+        if task.run_id in codes
+    }
 
 
 def filter_fields(form: GalleryFilters) -> SafeString:
@@ -400,6 +440,9 @@ def apply_filters(tasks: QuerySet[Task], filters: dict) -> QuerySet[Task]:
         tasks = matches_newest_first(tasks.search(filters["q"]), "shown_at")
     if filters.get("fav"):
         tasks = tasks.filter(is_favourite=True)
+    if filters.get("runs"):
+        # After the other filters, so a run stands for what they let through.
+        tasks = tasks.one_per_run()
     return tasks
 
 
@@ -443,7 +486,10 @@ def gallery(request: HttpRequest) -> HttpResponse:
         items = items[:PAGE_SIZE]
         next_url = _page_url(request, Cursor(items[-1].shown_at, items[-1].pk))
 
-    context = {"tiles": render_tiles(items), "next_url": next_url}
+    context = {
+        "tiles": render_tiles(items, runs=bool(form.cleaned_data.get("runs"))),
+        "next_url": next_url,
+    }
     # Infinite scroll asks for the next items only; a boosted filter form wants the whole page.
     if request.htmx and not request.htmx.boosted:
         return render(request, "generations/_gallery_items.html", context)
@@ -500,4 +546,10 @@ def favourite(request: HttpRequest, code: UUID) -> HttpResponse:
         messages.success(request, "Added to your favourites.")
     else:
         messages.success(request, "Removed from your favourites.")
+    # Back where the star was clicked (Compare, say), if that is a page of this site.
+    back = request.POST.get("next", "")
+    if url_has_allowed_host_and_scheme(
+        back, allowed_hosts={request.get_host()}, require_https=request.is_secure()
+    ):
+        return redirect(back)
     return redirect("generations-gallery-item", code=task.code)

@@ -14,6 +14,7 @@ from django.contrib.postgres.search import SearchQuery, SearchVector, SearchVect
 from django.core.exceptions import ValidationError
 from django.core.validators import MinValueValidator
 from django.db import connections, models
+from django.db.models import Exists, OuterRef, Subquery
 from django.db.models.functions import Coalesce
 from django.utils import timezone
 
@@ -311,6 +312,15 @@ class TaskQuerySet(models.QuerySet):
     def active(self) -> "TaskQuerySet":
         return self.filter(state__in=Task.ACTIVE_STATES)
 
+    def one_per_run(self) -> "TaskQuerySet":
+        """Of each run's tasks in this queryset, the one that stands for the run: the one its
+        owner starred (the keeper), else the first. Filters applied before this choose among
+        the tasks they let through."""
+        same_run = self.filter(run=OuterRef("run")).order_by()
+        starred = Favourite.objects.filter(user=OuterRef("user"), task=OuterRef("pk"))
+        first = same_run.annotate(starred=Exists(starred)).order_by("-starred", "pk")
+        return self.filter(pk=Subquery(first.values("pk")[:1]))
+
     def bulk_create(self, objs, *args, **kwargs):
         """As Django's, after giving each task that has no run a run of one (see Task.save)."""
         objs = list(objs)
@@ -466,6 +476,10 @@ class Task(models.Model):
         settings.AUTH_USER_MODEL, on_delete=models.PROTECT, related_name="tasks"
     )
     run = models.ForeignKey(Run, on_delete=models.PROTECT, related_name="tasks")
+    # The failed or canceled task this one tries again (Try again, on its page or its run's).
+    retry_of = models.ForeignKey(
+        "self", on_delete=models.SET_NULL, null=True, blank=True, related_name="retries"
+    )
     provider = models.CharField(max_length=20, choices=providers.choices())
     model = models.CharField(max_length=64)
     kind = models.CharField(max_length=10, choices=[(k.value, k.value) for k in Kind])

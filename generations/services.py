@@ -93,6 +93,8 @@ class OrderItem:
     request: GenerationRequest
     key: ProviderKey
     key_checked: bool = False
+    # The failed or canceled task this item tries again, if it does.
+    retry_of: Task | None = None
 
 
 @dataclass(frozen=True)
@@ -293,7 +295,7 @@ def _checked_items(locked, items: tuple[OrderItem, ...], image_count: int) -> tu
                 f"{spec.label} has no price yet; ask an admin to set one.", code="price"
             ) from None
         pasted = replace(request, reference_images=item.request.reference_images)
-        checked.append((OrderItem(pasted, key, item.key_checked), spec, price))
+        checked.append((replace(item, request=pasted), spec, price))
     return checked, prices
 
 
@@ -399,6 +401,7 @@ def _create_tasks(locked, order: Order, run: Run, now, checked: list, images, sa
             key=key,
             key_label=f"{key.label} ({key.provider_name} {key.masked})",
             submit_token=item_token(order.token, index),
+            retry_of=item.retry_of,
             visibility=order.visibility,
             price_unit=price.unit,
             price_credits_per_unit=price.credits_per_unit,
@@ -669,7 +672,7 @@ def retry_order(task: Task, *, token: uuid.UUID | None, actor: str = "member") -
     )
     request = replace(task.generation_request(), reference_images=pasted)
     return Order(
-        items=(OrderItem(request, task.key),),
+        items=(OrderItem(request, task.key, retry_of=task),),
         visibility=task.visibility,
         images=tuple(StoredReference(reference) for reference in references),
         token=token,

@@ -27,7 +27,7 @@ from django.views.decorators.csrf import csrf_exempt
 from django.views.decorators.http import require_GET, require_POST
 
 from generations import providers
-from generations.cards import keep_ended_cards, with_timing
+from generations.cards import keep_ended_cards, run_task_counts, with_timing
 from generations.engine import callback_token_hash, note_callback
 from generations.gallery import SEARCH_MAX_LENGTH, SearchField, matches_newest_first
 from generations.models import Result, Task
@@ -61,7 +61,7 @@ def task_list(request: HttpRequest) -> HttpResponse:
     """My tasks: every task of the member as a card, filtered, searched (as in the gallery),
     newest first."""
     # A card never shows the gateway's raw answers (up to 20,000 characters of JSON each).
-    tasks = (
+    tasks = run_task_counts(
         Task.objects.owned_by(request.user)
         .defer("last_response", "gateway_results")
         .prefetch_related("results")
@@ -83,12 +83,22 @@ def task_list(request: HttpRequest) -> HttpResponse:
         words = []
         problems.extend(error.messages)
     if words:
-        tasks = matches_newest_first(tasks.search(words), "created_at")
+        tasks = tasks.search(words)
+    # One card per run: the member's starred task of each run, else its first, with a link
+    # to the rest on the run's page.
+    by_run = request.GET.get("by") == "run"
+    if by_run:
+        tasks = tasks.one_per_run()
+    if words:
+        tasks = matches_newest_first(tasks, "created_at")
     page = Paginator(tasks, 24).get_page(request.GET.get("page"))
     cards = with_timing(page.object_list)
     keep_ended_cards(cards)
     # Page links keep the filters and the search that applied.
-    query = urlencode({**chosen, "q": search} if words else chosen)
+    kept = {**chosen, "q": search} if words else dict(chosen)
+    if by_run:
+        kept["by"] = "run"
+    query = urlencode(kept)
     return render(
         request,
         "generations/task_list.html",
@@ -103,6 +113,7 @@ def task_list(request: HttpRequest) -> HttpResponse:
             "problems": problems,
             "query": query,
             "watching": any(t.is_active for t in cards),
+            "by_run": by_run,
         },
     )
 
@@ -119,7 +130,7 @@ def task_cards(request: HttpRequest) -> HttpResponse:
             except ValueError:
                 continue  # a tampered value: skip it, answer for the rest
     tasks = with_timing(
-        Task.objects.visible_to(request.user)
+        run_task_counts(Task.objects.visible_to(request.user))
         .filter(code__in=codes["watch"])
         .prefetch_related("results")
     )
@@ -136,7 +147,7 @@ def task_cards(request: HttpRequest) -> HttpResponse:
 
 def task_detail(request: HttpRequest, code: UUID) -> HttpResponse:
     task = get_object_or_404(
-        Task.objects.visible_to(request.user)
+        run_task_counts(Task.objects.visible_to(request.user))
         .select_related("key", "user")
         .prefetch_related("results"),
         code=code,

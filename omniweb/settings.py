@@ -194,6 +194,9 @@ if S3_BUCKET:
             "file_overwrite": False,
             # Signature version 4: what current S3-compatible services accept.
             "signature_version": "s3v4",
+            # A file read through the storage (a run's ZIP, a reference copied to a new task)
+            # is kept in memory only up to this size, and on disk beyond it.
+            "max_memory_size": 8 * 1024 * 1024,
         },
     }
 else:

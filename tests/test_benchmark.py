@@ -197,3 +197,33 @@ def test_a_short_ledger_benchmark_prints_its_rows_and_passes_the_audit(tmp_path)
     assert all(len(row) == 4 for row in rows), run.stdout
     assert "audit passed" in run.stdout and "The throwaway database was dropped." in run.stdout
     assert "Exception in thread" not in run.stderr
+
+
+@pytest.mark.slow
+def test_a_short_runs_benchmark_prints_both_ways_and_a_constant_run_page(tmp_path):
+    env = dict(os.environ, DEBUG="1")
+    if connection.vendor == "postgresql":
+        env["DATABASE_URL"] = database_url().rsplit("/", 1)[0] + f"/omniweb_runs_{os.getpid()}"
+    else:
+        env["DATABASE_URL"] = f"sqlite:///{tmp_path / 'runs.sqlite3'}"
+    run = subprocess.run(
+        [sys.executable, "manage.py", "benchmark_runs", "--tasks", "20", "--repeat", "1"],
+        cwd=settings.BASE_DIR,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+
+    assert run.returncode == 0, run.stderr[-3000:]
+    out = run.stdout
+    assert "20 single submits" in out and "one run of 20" in out
+    assert "faster per task (goal: 10x)" in out and "Ledger audit: passed." in out
+    pages = {
+        line.split()[0]: int(line.split()[2])
+        for line in out.splitlines()
+        if line.endswith(tuple("0123456789")) and " tasks " in line
+    }
+    # The run page's queries at 10 tasks and at 20: the same.
+    assert set(pages) == {"10", "20"} and pages["10"] == pages["20"], out
+    assert "The throwaway database was dropped." in out
