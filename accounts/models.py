@@ -297,13 +297,19 @@ class QuotaFields(models.Model):
         abstract = True
 
 
+# The most an admin may allow in one run. The batch page posts each row back in its form (up
+# to seven fields and one prompt a row), so Django's request limits in settings are sized
+# for this many rows.
+MAX_TASKS_PER_RUN = 250
+
+
 class TeamQuota(QuotaFields):
     """The team-wide defaults; a member's own Quota overrides them field by field.
     Empty fields mean no limit."""
 
     max_tasks_per_run = models.PositiveIntegerField(
         default=100,
-        validators=[MinValueValidator(1), MaxValueValidator(1000)],
+        validators=[MinValueValidator(1), MaxValueValidator(MAX_TASKS_PER_RUN)],
         help_text="The most tasks one submit (variations, a comparison, a batch) may make.",
     )
 

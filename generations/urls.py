@@ -22,5 +22,6 @@ urlpatterns = [
     path("hooks/<str:token>", views.webhook, name="generations-webhook"),
     path("", include("generations.create_urls")),
     path("", include("generations.run_urls")),
+    path("", include("generations.batch_urls")),
     path("", include("generations.gallery_urls")),
 ]

@@ -251,6 +251,11 @@ DOWNLOAD_ALLOW_LOOPBACK = env_bool("OMNIWEB_DOWNLOAD_ALLOW_LOOPBACK", SIMULATOR_
 # 160 MB). The size is read from the file's header and a larger image is refused before it is
 # decoded. Pillow's own limit is set from it too (generations/apps.py), which also caps the
 # result images posters are made from. At least 64x64, the smallest image an upload may be.
+# The batch page posts its rows back in its form: up to seven fields and one prompt of up to
+# 4,000 characters a row, for as many rows as accounts.models.MAX_TASKS_PER_RUN (250) allows.
+# Django's defaults (1,000 fields, 2.5 MB) would refuse a large batch with a bare error page.
+DATA_UPLOAD_MAX_NUMBER_FIELDS = 2_000
+DATA_UPLOAD_MAX_MEMORY_SIZE = 10 * 1024 * 1024
 UPLOAD_MAX_PIXELS = env_int("OMNIWEB_UPLOAD_MAX_PIXELS", 40_000_000, minimum=64 * 64)
 # The address gateways can reach this site on, for webhooks. Without it Omniweb only polls.
 PUBLIC_URL = (env_str("OMNIWEB_PUBLIC_URL") or "").rstrip("/")

@@ -31,7 +31,7 @@ class Migration(migrations.Migration):
                 help_text="The most tasks one submit (variations, a comparison, a batch) may make.",
                 validators=[
                     django.core.validators.MinValueValidator(1),
-                    django.core.validators.MaxValueValidator(1000),
+                    django.core.validators.MaxValueValidator(250),
                 ],
             ),
         ),
