@@ -271,6 +271,10 @@ def _submit(request: HttpRequest) -> HttpResponse:
     copies = len(order.images) if outcome.created else None
     initial.update(form_token=uuid.uuid4(), carried=carried_references(task, copies))
     fresh = CreateForm(user=request.user, spec=spec, initial=initial, keys=form.keys)
+    if outcome.created:
+        for made in outcome.tasks:
+            # What run_task_counts would read: the new cards link to their run at once.
+            made.run_task_count = len(outcome.tasks)
     cards = with_timing(outcome.tasks) if outcome.created else []
     response = _render(request, fresh, cards=cards, prices=outcome.prices)
     # Wakes the page's card poller (which may have gone quiet with nothing active) once the

@@ -133,8 +133,11 @@ def test_with_htmx_a_run_answers_with_every_new_card(member, alice, keys):
     data = form_data(keys["apimart"], variations="2")
     data["also"] = ["omniakey/sora"]
     html = text(member.post(CREATE, data, HTTP_HX_REQUEST="true"))
+    run = Run.objects.get()
     for task in Task.objects.all():
         assert f'id="task-{task.code}"' in html
+    # Each new card links to its run.
+    assert html.count(f'<a href="/run/{run.code}/">Run: {run.name} (4 tasks)</a>') == 4
     # The chosen models stay chosen for the next try.
     assert 'value="omniakey/sora" class="price-input" id="id_also_0_0" checked>' in html
     assert '<option value="2" selected>2</option>' in html
