@@ -240,8 +240,21 @@ def report_totals(rows: list[CostRow]) -> CostRow:
     return total
 
 
+class ReadOnlyAdmin(admin.ModelAdmin):
+    """Rows admins look at (and act on through actions) but never add, edit or delete here."""
+
+    def has_add_permission(self, request) -> bool:
+        return False
+
+    def has_change_permission(self, request, obj=None) -> bool:
+        return False
+
+    def has_delete_permission(self, request, obj=None) -> bool:
+        return False
+
+
 @admin.register(Run)
-class RunAdmin(admin.ModelAdmin):
+class RunAdmin(ReadOnlyAdmin):
     """Every member's runs, read-only: who submitted what together, and how it went."""
 
     list_display = ("name", "user", "visibility", "task_count", "created_at")
@@ -258,18 +271,9 @@ class RunAdmin(admin.ModelAdmin):
     def task_count(self, run: Run) -> int:
         return run.tasks_in_run
 
-    def has_add_permission(self, request) -> bool:
-        return False
-
-    def has_change_permission(self, request, obj=None) -> bool:
-        return False
-
-    def has_delete_permission(self, request, obj=None) -> bool:
-        return False
-
 
 @admin.register(Task)
-class TaskAdmin(admin.ModelAdmin):
+class TaskAdmin(ReadOnlyAdmin):
     """Every member's tasks, read-only; failing one refunds it through the ledger."""
 
     list_display = (
@@ -339,15 +343,6 @@ class TaskAdmin(admin.ModelAdmin):
         ),
     )
     readonly_fields = [name for _, options in fieldsets for name in options["fields"]]
-
-    def has_add_permission(self, request) -> bool:
-        return False
-
-    def has_change_permission(self, request, obj=None) -> bool:
-        return False
-
-    def has_delete_permission(self, request, obj=None) -> bool:
-        return False
 
     def has_fail_permission(self, request) -> bool:
         return request.user.has_perm("generations.change_task")

@@ -173,13 +173,20 @@ def test_a_short_benchmark_prints_every_row_of_the_table(tmp_path):
         assert list(tmp_path.iterdir()) == []  # nothing left behind
 
 
-@pytest.mark.slow
-def test_a_short_ledger_benchmark_prints_its_rows_and_passes_the_audit(tmp_path):
+def command_environment(tmp_path, name: str) -> dict[str, str]:
+    """The environment of a benchmark command run as its own process: a database of its own
+    (the command makes its throwaway database beside it), on the test run's server."""
     env = dict(os.environ, DEBUG="1")
     if connection.vendor == "postgresql":
-        env["DATABASE_URL"] = database_url().rsplit("/", 1)[0] + f"/omniweb_ledger_{os.getpid()}"
+        env["DATABASE_URL"] = database_url().rsplit("/", 1)[0] + f"/omniweb_{name}_{os.getpid()}"
     else:
-        env["DATABASE_URL"] = f"sqlite:///{tmp_path / 'ledger.sqlite3'}"
+        env["DATABASE_URL"] = f"sqlite:///{tmp_path / f'{name}.sqlite3'}"
+    return env
+
+
+@pytest.mark.slow
+def test_a_short_ledger_benchmark_prints_its_rows_and_passes_the_audit(tmp_path):
+    env = command_environment(tmp_path, "ledger")
     command = [sys.executable, "manage.py", "benchmark_ledger", "--clients", "1,3"]
     run = subprocess.run(
         [*command, "--seconds", "0.5"],
@@ -201,11 +208,7 @@ def test_a_short_ledger_benchmark_prints_its_rows_and_passes_the_audit(tmp_path)
 
 @pytest.mark.slow
 def test_a_short_runs_benchmark_prints_both_ways_and_a_constant_run_page(tmp_path):
-    env = dict(os.environ, DEBUG="1")
-    if connection.vendor == "postgresql":
-        env["DATABASE_URL"] = database_url().rsplit("/", 1)[0] + f"/omniweb_runs_{os.getpid()}"
-    else:
-        env["DATABASE_URL"] = f"sqlite:///{tmp_path / 'runs.sqlite3'}"
+    env = command_environment(tmp_path, "runs")
     run = subprocess.run(
         [sys.executable, "manage.py", "benchmark_runs", "--tasks", "20", "--repeat", "1"],
         cwd=settings.BASE_DIR,
