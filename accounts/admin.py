@@ -37,6 +37,20 @@ def counted(number: int, singular: str) -> str:
     return f"{number} {singular if number == 1 else plural}"
 
 
+def optional_limit(form: forms.ModelForm, name: str) -> None:
+    """Let a limit with a default be left out or empty: the row keeps its current value (the
+    default on a new row). Forms and scripts that post only the fields they change, as they
+    did before the limit existed, keep working instead of failing on a field they never saw."""
+    field = form.fields[name]
+    field.required = False
+    field.help_text = f"{field.help_text} Empty keeps the current value.".strip()
+
+
+def limit_or_current(form: forms.ModelForm, name: str) -> int:
+    value = form.cleaned_data.get(name)
+    return getattr(form.instance, name) if value is None else value
+
+
 # --- Quotas -------------------------------------------------------------------------------------
 
 
@@ -81,6 +95,16 @@ class QuotaForm(forms.ModelForm):
 class TeamQuotaForm(QuotaForm):
     class Meta(QuotaForm.Meta):
         model = TeamQuota
+        # Only the team sets how many tasks one submit may make; members have no own value.
+        fields = [*QuotaForm.Meta.fields, "max_tasks_per_run"]
+        labels = {"max_tasks_per_run": "Most tasks per run"}
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        optional_limit(self, "max_tasks_per_run")
+
+    def clean_max_tasks_per_run(self) -> int:
+        return limit_or_current(self, "max_tasks_per_run")
 
 
 class OwnQuotaForm(QuotaForm):
@@ -155,6 +179,7 @@ class TeamQuotaAdmin(admin.ModelAdmin):
         "max_credits_per_day",
         "max_credits_per_month",
         "allowed_models",
+        "max_tasks_per_run",
     )
 
     def has_add_permission(self, request) -> bool:
@@ -449,8 +474,21 @@ class ProviderKeyAdminForm(forms.ModelForm):
 
     class Meta:
         model = ProviderKey
-        fields = ["provider", "label", "owner", "allowed_users", "base_url", "is_disabled"]
-        labels = {"base_url": "Base URL", "is_disabled": "Disabled", "allowed_users": "Shared with"}
+        fields = [
+            "provider",
+            "label",
+            "owner",
+            "allowed_users",
+            "base_url",
+            "max_in_flight",
+            "is_disabled",
+        ]
+        labels = {
+            "base_url": "Base URL",
+            "is_disabled": "Disabled",
+            "allowed_users": "Shared with",
+            "max_in_flight": "Tasks at once",
+        }
         help_texts = {
             "owner": "Leave empty for a team key, shared with the members chosen below.",
             "allowed_users": "Members who may use this team key.",
@@ -458,6 +496,7 @@ class ProviderKeyAdminForm(forms.ModelForm):
 
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
+        optional_limit(self, "max_in_flight")
         field = self.fields["secret"]
         if self.instance._state.adding:
             field.required = True
@@ -475,6 +514,9 @@ class ProviderKeyAdminForm(forms.ModelForm):
 
     def clean_base_url(self) -> str:
         return checked_base_url(self.cleaned_data["base_url"])
+
+    def clean_max_in_flight(self) -> int:
+        return limit_or_current(self, "max_in_flight")
 
     @sensitive_variables("secret")
     def clean_secret(self) -> str:
@@ -528,6 +570,7 @@ class ProviderKeyAdmin(admin.ModelAdmin):
         "owner_or_team",
         "masked",
         "status",
+        "at_once",
         "base_url_or_default",
         "created_at",
     )
@@ -538,7 +581,8 @@ class ProviderKeyAdmin(admin.ModelAdmin):
     readonly_fields = ("current_secret", "status", "invalid_message", "created_at", "updated_at")
 
     def get_fieldsets(self, request, obj=None):
-        key = ("provider", "label", "owner", "allowed_users", "base_url")
+        # The limit is the gateway plan's: it belongs with the key, on the add form too.
+        key = ("provider", "label", "owner", "allowed_users", "base_url", "max_in_flight")
         if obj is None:
             return [(None, {"fields": (*key, "secret")})]
         return [
@@ -568,6 +612,10 @@ class ProviderKeyAdmin(admin.ModelAdmin):
     @admin.display(description="Status")
     def status(self, key: ProviderKey) -> str:
         return key.status
+
+    @admin.display(description="At once", ordering="max_in_flight")
+    def at_once(self, key: ProviderKey) -> int:
+        return key.max_in_flight
 
     @admin.display(description="Base URL", ordering="base_url")
     def base_url_or_default(self, key: ProviderKey) -> str:

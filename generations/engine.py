@@ -56,7 +56,7 @@ from generations.models import Result, Task
 from generations.providers import ErrorKind, ProviderError, ProviderStatus
 from generations.providers.base import Provider, is_safe_task_id
 from generations.providers.text import redact_value
-from generations.services import fail_task, transition
+from generations.services import fail_task, transition, wake_next_on_key
 
 logger = logging.getLogger("omniweb.engine")
 
@@ -196,7 +196,12 @@ def take_slot(task: Task, adapter: Provider, now: datetime, token_hash: str) -> 
     has (IN_FLIGHT_STATES) and those on their way. The key's row is locked while they are
     counted and the mark is written, so two workers sending the key's tasks at once count one
     after the other. A task with no free slot stays queued, says what it waits for, and its
-    deadline counts from when it leaves, not while it waits its turn."""
+    deadline counts from when it leaves, not while it waits its turn.
+
+    A slot freed while the wait is being recorded is not lost: a task leaving its slot wakes
+    the key's first waiting task once its own change commits (services.transition), and a
+    task that recorded its wait counts again once that commits, so whichever of the two
+    commits last sees the other."""
     from accounts.models import ProviderKey
 
     with transaction.atomic():
@@ -206,27 +211,40 @@ def take_slot(task: Task, adapter: Provider, now: datetime, token_hash: str) -> 
             .values_list("max_in_flight", flat=True)
             .first()
         )
-        if limit is not None:
-            busy = (
-                Task.objects.filter(key_id=task.key_id)
-                .filter(
-                    Q(state__in=Task.IN_FLIGHT_STATES)
-                    | Q(state=State.QUEUED, submit_sent_at__isnull=False)
+        busy = 0 if limit is None else _busy_slots(task)
+        if limit is not None and busy >= limit:
+            _wait_for_slot(task, adapter, now, busy, limit)
+        else:
+            return bool(
+                Task.objects.filter(
+                    pk=task.pk,
+                    state=State.QUEUED,
+                    submit_sent_at__isnull=True,
+                    next_check_at__lte=now,
+                ).update(
+                    submit_sent_at=timezone.now(),
+                    submit_attempts=F("submit_attempts") + 1,
+                    callback_token_hash=token_hash,
                 )
-                .exclude(pk=task.pk)
-                .count()
             )
-            if busy >= limit:
-                _wait_for_slot(task, adapter, now, busy, limit)
-                return False
-        marked = Task.objects.filter(
-            pk=task.pk, state=State.QUEUED, submit_sent_at__isnull=True, next_check_at__lte=now
-        ).update(
-            submit_sent_at=timezone.now(),
-            submit_attempts=F("submit_attempts") + 1,
-            callback_token_hash=token_hash,
+    if _busy_slots(task) < limit:
+        # A slot came free while the wait was recorded: look again at once.
+        Task.objects.filter(pk=task.pk, state=State.QUEUED, submit_sent_at__isnull=True).update(
+            next_check_at=timezone.now()
         )
-    return bool(marked)
+    return False
+
+
+def _busy_slots(task: Task) -> int:
+    """The key's other tasks that hold one of its slots at the gateway."""
+    return (
+        Task.objects.filter(key_id=task.key_id)
+        .filter(
+            Q(state__in=Task.IN_FLIGHT_STATES) | Q(state=State.QUEUED, submit_sent_at__isnull=False)
+        )
+        .exclude(pk=task.pk)
+        .count()
+    )
 
 
 def _wait_for_slot(task: Task, adapter: Provider, now: datetime, busy: int, limit: int) -> None:
@@ -318,6 +336,8 @@ def _submit_failed(task: Task, adapter: Provider, exc: ProviderError, secret: st
         details=details,
         last_response=answer,
     )
+    # Turned away, it no longer holds a slot: another of the key's tasks may go meanwhile.
+    wake_next_on_key(task.key_id)
 
 
 def exc_details(exc: ProviderError) -> str:

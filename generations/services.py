@@ -476,20 +476,26 @@ def transition(
     TaskEvent.objects.create(
         task=task, from_state=current, to_state=to_state, actor=actor, reason=reason
     )
-    if current in Task.IN_FLIGHT_STATES and to_state not in Task.IN_FLIGHT_STATES:
-        wake_next_on_key(task.key_id, now)
+    if current in (*Task.IN_FLIGHT_STATES, Task.State.QUEUED) and (
+        to_state not in Task.IN_FLIGHT_STATES
+    ):
+        # It may have held one of its key's slots (a queued task holds one while its request
+        # is on its way). Once this commits, so a task that recorded its wait meanwhile is
+        # seen; engine.take_slot looks again after recording one, for the other order.
+        transaction.on_commit(partial(wake_next_on_key, task.key_id))
     task.state = to_state
     for name, value in fields.items():
         setattr(task, name, value)
     return True
 
 
-def wake_next_on_key(key_id: int | None, now) -> None:
+def wake_next_on_key(key_id: int | None) -> None:
     """A task left its key's slot at the gateway: the key's earliest task waiting for a slot
     (engine.take_slot) is looked at now rather than at its next scheduled look. Only tasks
     never sent are woken: one sent before may be waiting out a gateway's Retry-After."""
     if key_id is None:
         return
+    now = timezone.now()
     waiting = (
         Task.objects.filter(
             key_id=key_id,
