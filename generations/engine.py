@@ -206,7 +206,9 @@ def take_slot(task: Task, adapter: Provider, now: datetime, token_hash: str) -> 
 
     with transaction.atomic():
         limit = (
-            ProviderKey.objects.select_for_update()
+            # FOR NO KEY UPDATE: enough to keep two senders apart, and new tasks that refer to
+            # the key (a large order's INSERT) do not wait for it.
+            ProviderKey.objects.select_for_update(no_key=True)
             .filter(pk=task.key_id)
             .values_list("max_in_flight", flat=True)
             .first()

@@ -482,7 +482,9 @@ def transition(
         # It may have held one of its key's slots (a queued task holds one while its request
         # is on its way). Once this commits, so a task that recorded its wait meanwhile is
         # seen; engine.take_slot looks again after recording one, for the other order.
-        transaction.on_commit(partial(wake_next_on_key, task.key_id))
+        # Robust: the change has committed; a failed wake only costs a waiting task its turn
+        # until its next scheduled look.
+        transaction.on_commit(partial(wake_next_on_key, task.key_id), robust=True)
     task.state = to_state
     for name, value in fields.items():
         setattr(task, name, value)

@@ -43,8 +43,9 @@ def hold_the_only_slot(key: ProviderKey, member) -> Task:
     return held
 
 
+@pytest.mark.usefixtures("worker")
 def test_a_run_on_three_models_fills_in_compares_cancels_the_rest_and_downloads(
-    page, live_server, alice, carol, worker
+    page, live_server, alice, carol
 ):
     ledger.grant(alice, 2000, by=carol, reason="welcome")
     log_in(page)
