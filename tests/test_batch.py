@@ -51,9 +51,9 @@ class Form(HTMLParser):
             if kind in ("checkbox", "radio"):
                 if "checked" in attrs:
                     self.values[name] = attrs.get("value", "on")
-            elif kind == "submit":
-                pass
-            elif kind != "file":
+            # A submit input is sent only when it is the button pressed; a file input's
+            # value is never in the page.
+            elif kind not in ("submit", "file"):
                 self.values[name] = attrs.get("value", "")
         elif tag == "button" and name:
             self.buttons.append(name)
