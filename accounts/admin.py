@@ -16,13 +16,14 @@ from django.db import transaction
 from django.forms.models import BaseInlineFormSet
 from django.template.response import TemplateResponse
 from django.urls import reverse
+from django.utils import timezone
 from django.utils.decorators import method_decorator
 from django.utils.html import escape, format_html
 from django.views.decorators.debug import sensitive_post_parameters, sensitive_variables
 
 from accounts import ledger
 from accounts.forms import checked_base_url
-from accounts.models import LedgerEntry, ProviderKey, Quota, TeamQuota, User
+from accounts.models import ApiToken, LedgerEntry, ProviderKey, Quota, TeamQuota, User
 from generations import providers
 from generations.models import Task
 from generations.providers import catalog
@@ -620,3 +621,53 @@ class ProviderKeyAdmin(admin.ModelAdmin):
     @admin.display(description="Base URL", ordering="base_url")
     def base_url_or_default(self, key: ProviderKey) -> str:
         return key.base_url or "gateway default"
+
+
+class TokenStatusFilter(admin.SimpleListFilter):
+    title = "status"
+    parameter_name = "status"
+
+    def lookups(self, request, model_admin):
+        return [("active", "Active"), ("expired", "Expired"), ("revoked", "Revoked")]
+
+    def queryset(self, request, queryset):
+        now = timezone.now()
+        if self.value() == "active":
+            return queryset.filter(revoked_at__isnull=True, expires_at__gt=now)
+        if self.value() == "expired":
+            return queryset.filter(revoked_at__isnull=True, expires_at__lte=now)
+        if self.value() == "revoked":
+            return queryset.filter(revoked_at__isnull=False)
+        return queryset
+
+
+@admin.register(ApiToken)
+class ApiTokenAdmin(admin.ModelAdmin):
+    """Every member's API tokens, for revoking one that leaked or outlived its use. Tokens are
+    made by members on their Profile page; their secrets exist nowhere to be shown."""
+
+    list_display = ("name", "user", "scope", "hint", "created_at", "expires_at", "last_used_at",
+                    "token_status")  # fmt: skip
+    list_select_related = ("user",)
+    list_filter = (TokenStatusFilter, "scope")
+    search_fields = ("name", "hint", "user__username")
+    readonly_fields = ("user", "name", "scope", "hint", "created_at", "expires_at",
+                       "last_used_at", "revoked_at")  # fmt: skip
+    fields = readonly_fields
+    actions = ["revoke"]
+
+    def has_add_permission(self, request) -> bool:
+        return False
+
+    def has_change_permission(self, request, obj=None) -> bool:
+        # Read-only; revoking (an action) is the one change an admin makes.
+        return False
+
+    @admin.display(description="status")
+    def token_status(self, token: ApiToken) -> str:
+        return token.status
+
+    @admin.action(description="Revoke the selected tokens")
+    def revoke(self, request, queryset):
+        count = queryset.filter(revoked_at__isnull=True).update(revoked_at=timezone.now())
+        self.message_user(request, f"{count} token(s) revoked; they no longer open the API.")

@@ -6,7 +6,15 @@ re-shown after a mistake asks for the secret again instead of echoing it.
 
 from django import forms
 
-from accounts.models import ProviderKey, User, validate_secret
+from accounts.models import (
+    MAX_TOKENS_PER_MEMBER,
+    TOKEN_DAYS_DEFAULT,
+    TOKEN_DAYS_MAX,
+    ApiToken,
+    ProviderKey,
+    User,
+    validate_secret,
+)
 from generations import outbound, providers
 
 
@@ -124,3 +132,34 @@ class KeySecretForm(forms.Form):
     """A replacement secret for an existing key."""
 
     secret = secret_field("New API key")
+
+
+class ApiTokenForm(forms.Form):
+    name = forms.CharField(
+        max_length=80, help_text="What will use it, so you know which to revoke later."
+    )
+    scope = forms.ChoiceField(
+        choices=ApiToken.Scope.choices,
+        initial=ApiToken.Scope.READ,
+        widget=forms.RadioSelect,
+        help_text="Read only can list and download; read and generate can also spend credits.",
+    )
+    days = forms.IntegerField(
+        label="Expires after (days)",
+        min_value=1,
+        max_value=TOKEN_DAYS_MAX,
+        initial=TOKEN_DAYS_DEFAULT,
+    )
+
+    def __init__(self, *args, user=None, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.user = user
+
+    def clean(self):
+        cleaned = super().clean()
+        live = ApiToken.objects.filter(user=self.user).live().count()
+        if live >= MAX_TOKENS_PER_MEMBER:
+            raise forms.ValidationError(
+                f"You have {live} active tokens, the most one member may have; revoke one first."
+            )
+        return cleaned

@@ -8,7 +8,7 @@ unique, so a repeated call (a retried job, a double click) cannot write twice.
 
 import uuid
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 
 from django.contrib.auth import get_user_model
 from django.db import transaction
@@ -213,6 +213,15 @@ def period_starts(now: datetime | None = None) -> tuple[datetime, datetime]:
     local = timezone.localtime(now or timezone.now())
     day = local.replace(hour=0, minute=0, second=0, microsecond=0)
     return day, day.replace(day=1)
+
+
+def period_ends(now: datetime | None = None) -> tuple[datetime, datetime]:
+    """Start of tomorrow and of next month, in the site's time zone: when today's and this
+    month's spending limits start again."""
+    day, month = period_starts(now)
+    tomorrow = timezone.localtime(day + timedelta(hours=36)).replace(hour=0)
+    next_month = timezone.localtime(month + timedelta(days=40)).replace(day=1, hour=0)
+    return tomorrow, next_month
 
 
 def spending(user, now: datetime | None = None) -> dict[str, int]:

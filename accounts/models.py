@@ -5,8 +5,10 @@ away from Django's built-in user. Money moves only through accounts.ledger and
 generations.services; nothing else writes `credit_balance` or ledger entries.
 """
 
+import hashlib
+import secrets
 import uuid
-from datetime import datetime
+from datetime import datetime, timedelta
 
 from django.conf import settings
 from django.contrib.auth.models import AbstractUser
@@ -340,3 +342,94 @@ class Quota(QuotaFields):
 
     def __str__(self) -> str:
         return f"Quota of {self.user}"
+
+
+# --- Personal access tokens -------------------------------------------------------------------
+
+
+# What a token looks like: a fixed prefix (so a leaked one is recognisable in logs and by secret
+# scanners), then 32 random bytes. Only its SHA-256 is stored: the secret has 256 bits of
+# entropy, so a fast hash is as safe as a slow one and keeps each API call to one indexed read.
+TOKEN_PREFIX = "omw_"
+TOKEN_DAYS_DEFAULT = 90
+TOKEN_DAYS_MAX = 366
+MAX_TOKENS_PER_MEMBER = 20
+
+
+def hash_token(secret: str) -> str:
+    return hashlib.sha256(secret.encode("utf-8", "surrogatepass")).hexdigest()
+
+
+class ApiTokenQuerySet(models.QuerySet):
+    def live(self, now: datetime | None = None) -> "ApiTokenQuerySet":
+        """Tokens that still open the API: not revoked, not expired, their member active."""
+        now = now or timezone.now()
+        return self.filter(revoked_at__isnull=True, expires_at__gt=now, user__is_active=True)
+
+
+class ApiToken(models.Model):
+    """A member's personal access token for the API. It authenticates API requests only, never a
+    browser session; the secret is shown once when it is made and never stored."""
+
+    class Scope(models.TextChoices):
+        READ = "read", "Read only"
+        WRITE = "write", "Read and generate"
+
+    user = models.ForeignKey(
+        settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="api_tokens"
+    )
+    name = models.CharField(max_length=80, help_text="What uses it, e.g. “nightly storyboard”.")
+    scope = models.CharField(max_length=8, choices=Scope.choices, default=Scope.READ)
+    token_hash = models.CharField(max_length=64, unique=True, editable=False)
+    # The first characters after the prefix, so a member can tell their tokens apart.
+    hint = models.CharField(max_length=12, editable=False)
+    created_at = models.DateTimeField(default=timezone.now)
+    expires_at = models.DateTimeField()
+    last_used_at = models.DateTimeField(null=True, blank=True, editable=False)
+    revoked_at = models.DateTimeField(null=True, blank=True)
+
+    objects = ApiTokenQuerySet.as_manager()
+
+    class Meta:
+        ordering = ["-created_at", "-id"]
+        verbose_name = "API token"
+
+    def __str__(self) -> str:
+        return f"{self.name} ({self.hint}…)"
+
+    @classmethod
+    @sensitive_variables("secret")
+    def issue(cls, user, *, name: str, scope: str, days: int) -> tuple["ApiToken", str]:
+        """A new token and its secret; the caller shows the secret once and forgets it."""
+        secret = TOKEN_PREFIX + secrets.token_urlsafe(32)
+        now = timezone.now()
+        token = cls.objects.create(
+            user=user,
+            name=name,
+            scope=scope,
+            token_hash=hash_token(secret),
+            hint=secret[: len(TOKEN_PREFIX) + 6],
+            created_at=now,
+            expires_at=now + timedelta(days=days),
+        )
+        return token, secret
+
+    @property
+    def can_write(self) -> bool:
+        return self.scope == self.Scope.WRITE
+
+    @property
+    def status(self) -> str:
+        if self.revoked_at:
+            return "revoked"
+        if self.expires_at <= timezone.now():
+            return "expired"
+        return "active"
+
+    def revoke(self) -> bool:
+        """Revoke once; False when it already was."""
+        now = timezone.now()
+        done = ApiToken.objects.filter(pk=self.pk, revoked_at__isnull=True).update(revoked_at=now)
+        if done:
+            self.revoked_at = now
+        return bool(done)

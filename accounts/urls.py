@@ -4,6 +4,8 @@ from accounts import password_reset, views
 
 urlpatterns = [
     path("profile/", views.profile, name="accounts-profile"),
+    path("tokens/add/", views.token_add, name="accounts-token-add"),
+    path("tokens/<int:pk>/revoke/", views.token_revoke, name="accounts-token-revoke"),
     path("keys/", views.keys, name="accounts-keys"),
     path("keys/add/", views.key_add, name="accounts-key-add"),
     path("keys/<uuid:code>/edit/", views.key_edit, name="accounts-key-edit"),

@@ -16,8 +16,8 @@ from django.views.decorators.debug import sensitive_post_parameters
 from django.views.decorators.http import require_POST
 
 from accounts import ledger
-from accounts.forms import KeyAddForm, KeyDetailsForm, KeySecretForm, ProfileForm
-from accounts.models import LedgerEntry, ProviderKey
+from accounts.forms import ApiTokenForm, KeyAddForm, KeyDetailsForm, KeySecretForm, ProfileForm
+from accounts.models import ApiToken, LedgerEntry, ProviderKey
 from generations import providers
 from generations.models import Task
 from generations.providers import catalog
@@ -42,7 +42,49 @@ def profile(request: HttpRequest) -> HttpResponse:
             return redirect("accounts-profile")
     else:
         form = ProfileForm(instance=request.user)
-    return render(request, "accounts/profile.html", {"form": form})
+    return render(request, "accounts/profile.html", _profile_context(request, form=form))
+
+
+def _profile_context(request: HttpRequest, **extra) -> dict:
+    return {
+        "form": extra.pop("form", None) or ProfileForm(instance=request.user),
+        "token_form": extra.pop("token_form", None) or ApiTokenForm(user=request.user),
+        "tokens": ApiToken.objects.filter(user=request.user),
+        **extra,
+    }
+
+
+# --- API tokens -----------------------------------------------------------------------------
+
+
+@require_POST
+def token_add(request: HttpRequest) -> HttpResponse:
+    """Make a token and show its secret on this one answer: it is never stored, put in a
+    message or shown again."""
+    form = ApiTokenForm(request.POST, user=request.user)
+    if not form.is_valid():
+        return render(request, "accounts/profile.html", _profile_context(request, token_form=form))
+    token, secret = ApiToken.issue(
+        request.user,
+        name=form.cleaned_data["name"],
+        scope=form.cleaned_data["scope"],
+        days=form.cleaned_data["days"],
+    )
+    response = render(
+        request,
+        "accounts/profile.html",
+        _profile_context(request, new_token=token, new_secret=secret),
+    )
+    response["Cache-Control"] = "no-store"
+    return response
+
+
+@require_POST
+def token_revoke(request: HttpRequest, pk: int) -> HttpResponse:
+    token = get_object_or_404(ApiToken.objects.filter(user=request.user), pk=pk)
+    if token.revoke():
+        messages.success(request, f"The token “{token.name}” was revoked; it no longer works.")
+    return redirect("accounts-profile")
 
 
 # --- Keys ---------------------------------------------------------------------------------------

@@ -12,6 +12,7 @@ one refund.
 from __future__ import annotations
 
 import base64
+import math
 import secrets
 import uuid
 from dataclasses import dataclass, field, replace
@@ -24,7 +25,7 @@ from django.core.exceptions import ValidationError
 from django.core.files.base import ContentFile
 from django.core.files.storage import default_storage
 from django.db import transaction
-from django.db.models import Count, Q, Subquery
+from django.db.models import Count, Min, Q, Subquery
 from django.urls import reverse
 from django.utils import timezone
 
@@ -35,6 +36,7 @@ from accounts.ledger import (
     append_entry,
     lock_for_submit,
     lock_user,
+    period_ends,
     spending,
 )
 from accounts.models import LedgerEntry, ProviderKey
@@ -63,6 +65,9 @@ class SubmitRefused(Exception):
     message: str
     errors: dict[str, list[str]] = field(default_factory=dict)
     code: str = "refused"
+    # For a limit that frees itself with time (the rate, a day's or month's spending): the
+    # seconds until a submit may pass, which an API answers as Retry-After.
+    retry_after: int | None = None
 
     def __str__(self) -> str:
         return self.message
@@ -165,19 +170,7 @@ def submit_order(user, order: Order) -> OrderOutcome:
         }
         found = [tasks[t] for t in tokens if t in tasks]
         return OrderOutcome(found[0].run, found, created=False, balance=locked.credit_balance)
-    if order.run is not None and order.run.user_id != locked.pk:
-        raise SubmitRefused("Tasks can only be added to your own runs.", code="run")
-    most = limits.max_tasks_per_run
-    if len(order.items) > most:
-        raise SubmitRefused(
-            f"This makes {len(order.items)} tasks; one submit may make at most {most}. "
-            "Split it into smaller runs.",
-            code="too_many",
-        )
-
-    checked, prices = _checked_items(locked, order.items, len(order.images))
-    total = sum(price.total for _item, _spec, price in checked)
-    _check_limits(locked, limits, counts, checked, total)
+    checked, prices, total = _checked_order(locked, limits, counts, order)
 
     saved: list[str] = []
     try:
@@ -201,6 +194,44 @@ def submit_order(user, order: Order) -> OrderOutcome:
         # engine (which imports this module).
         transaction.on_commit(partial(enqueue_submit, task.pk))
     return OrderOutcome(run, tasks, created=True, balance=locked.credit_balance, prices=prices)
+
+
+def _checked_order(locked, limits: EffectiveQuota, counts: dict, order: Order):
+    """(checked items, prices, total) of `order`, or SubmitRefused: every check a submit makes
+    before it writes anything."""
+    if order.run is not None and order.run.user_id != locked.pk:
+        raise SubmitRefused("Tasks can only be added to your own runs.", code="run")
+    most = limits.max_tasks_per_run
+    if len(order.items) > most:
+        raise SubmitRefused(
+            f"This makes {len(order.items)} tasks; one submit may make at most {most}. "
+            "Split it into smaller runs.",
+            code="too_many",
+        )
+    checked, prices = _checked_items(locked, order.items, len(order.images))
+    total = sum(price.total for _item, _spec, price in checked)
+    _check_limits(locked, limits, counts, checked, total)
+    return checked, prices, total
+
+
+@dataclass(frozen=True)
+class OrderQuote:
+    """What an order would cost: [(item with defaults, spec, Quote)] and their total."""
+
+    items: list
+    total: int
+    balance: int
+
+
+@transaction.atomic
+def quote_order(user, order: Order) -> OrderQuote:
+    """What `submit_order` would charge for `order` now, with the same checks and the same
+    refusals (SubmitRefused), writing and charging nothing. Reference images are only
+    counted; they are decoded when the order is submitted."""
+    locked, limits = lock_for_submit(user.pk)
+    counts = _task_counts(locked, None, active=limits.max_active_tasks is not None)
+    checked, _prices, total = _checked_order(locked, limits, counts, order)
+    return OrderQuote(checked, total, locked.credit_balance)
 
 
 # Submit jobs enqueued per order. The tasks are due at once, so the dispatcher (which the first
@@ -247,7 +278,10 @@ def _task_counts(locked, token: uuid.UUID | None, *, active: bool) -> dict[str, 
     one member never share one (they run one after the other under the member's lock), so
     the distinct times are the submits."""
     recent = Q(created_at__gt=timezone.now() - timedelta(minutes=1))
-    wanted = {"recent": Count("created_at", filter=recent, distinct=True)}
+    wanted = {
+        "recent": Count("created_at", filter=recent, distinct=True),
+        "oldest_recent": Min("created_at", filter=recent),
+    }
     either = recent
     if token is not None:
         wanted["repeated"] = Count("pk", filter=Q(submit_token=token))
@@ -305,15 +339,19 @@ def _check_limits(
     """The member's rate, quotas and balance, for the whole order at once."""
     count = len(checked)
     limit = settings.SUBMIT_RATE_PER_MINUTE
+    now = timezone.now()
     if counts["recent"] + 1 > limit:
+        # The oldest submit of the last minute leaves the window first.
+        oldest = counts.get("oldest_recent") or now
         raise SubmitRefused(
             f"You have submitted {limit} times in the last minute, the limit; "
             "wait a moment and submit again.",
             code="rate_limited",
+            retry_after=_seconds_until(oldest + timedelta(minutes=1), now),
         )
     for item, spec, _price in checked:
         if not limits.allows(item.request.provider, item.request.model):
-            raise SubmitRefused(f"Your quota does not include {spec.label}.", code="quota")
+            raise SubmitRefused(f"Your quota does not include {spec.label}.", code="not_allowed")
     if limits.max_active_tasks is not None:
         active = counts["active"]
         if active + count > limits.max_active_tasks:
@@ -323,6 +361,8 @@ def _check_limits(
                 else f"You have {active} active tasks and this adds {count}; your limit is "
                 f"{limits.max_active_tasks}.",
                 code="quota",
+                # Only a hint: it depends on how fast the gateways finish the active tasks.
+                retry_after=ACTIVE_RETRY_HINT_SECONDS,
             )
     what = "This costs" if count == 1 else f"These {count} tasks cost"
     day_limit, month_limit = limits.max_credits_per_day, limits.max_credits_per_month
@@ -333,18 +373,28 @@ def _check_limits(
                 f"{what} {total} credits; you have spent {spent['today']} of your "
                 f"{day_limit} for today.",
                 code="quota",
+                retry_after=_seconds_until(period_ends(now)[0], now),
             )
         if month_limit is not None and spent["month"] + total > month_limit:
             raise SubmitRefused(
                 f"{what} {total} credits; you have spent {spent['month']} of your "
                 f"{month_limit} for this month.",
                 code="quota",
+                retry_after=_seconds_until(period_ends(now)[1], now),
             )
     if locked.credit_balance < total:
         raise SubmitRefused(
             f"{what} {total} credits and your balance is {locked.credit_balance}.",
             code="balance",
         )
+
+
+# What an API tells a member at their active-task limit to wait before trying again.
+ACTIVE_RETRY_HINT_SECONDS = 30
+
+
+def _seconds_until(when, now) -> int:
+    return max(1, math.ceil((when - now).total_seconds()))
 
 
 def _encode_images(images) -> list:

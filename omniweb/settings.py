@@ -63,6 +63,8 @@ CSRF_TRUSTED_ORIGINS = env_list("CSRF_TRUSTED_ORIGINS")
 
 INSTALLED_APPS = [
     "django.contrib.admin",
+    # The API's docs page is served from django-ninja's own static files, never a CDN.
+    "ninja",
     "django.contrib.auth",
     "django.contrib.contenttypes",
     "django.contrib.sessions",
@@ -271,6 +273,8 @@ PASSWORD_RESETS_PER_ADDRESS_PER_HOUR = env_int(
 
 # Submits accepted per member per minute (a stuck key or a script can't flood a gateway).
 SUBMIT_RATE_PER_MINUTE = env_int("OMNIWEB_SUBMIT_RATE_PER_MINUTE", 20, minimum=1)
+# API calls per personal token per minute, on top of the member's own submit rate.
+API_RATE_PER_MINUTE = env_int("OMNIWEB_API_RATE_PER_MINUTE", 120, minimum=1)
 
 # Content-Security-Policy: only this site's own scripts, styles and media (htmx is served from
 # here too), plus the object store's signed links when media live there.
