@@ -136,7 +136,9 @@ class KeySecretForm(forms.Form):
 
 class ApiTokenForm(forms.Form):
     name = forms.CharField(
-        max_length=80, help_text="What will use it, so you know which to revoke later."
+        label="Token name",
+        max_length=80,
+        help_text="What will use it, so you know which to revoke later.",
     )
     scope = forms.ChoiceField(
         choices=ApiToken.Scope.choices,

@@ -11,6 +11,7 @@ from django.contrib import messages
 from django.core.paginator import Paginator
 from django.http import HttpRequest, HttpResponse
 from django.shortcuts import get_object_or_404, redirect, render
+from django.urls import reverse
 from django.utils import timezone
 from django.views.decorators.debug import sensitive_post_parameters
 from django.views.decorators.http import require_POST
@@ -42,7 +43,17 @@ def profile(request: HttpRequest) -> HttpResponse:
             return redirect("accounts-profile")
     else:
         form = ProfileForm(instance=request.user)
-    return render(request, "accounts/profile.html", _profile_context(request, form=form))
+    extra = {}
+    new = request.session.pop(NEW_TOKEN, None)
+    if new:
+        extra["new_token"] = ApiToken.objects.filter(user=request.user, pk=new["pk"]).first()
+        extra["new_secret"] = new["secret"] if extra["new_token"] else None
+    response = render(
+        request, "accounts/profile.html", _profile_context(request, form=form, **extra)
+    )
+    if new:
+        response["Cache-Control"] = "no-store"
+    return response
 
 
 def _profile_context(request: HttpRequest, **extra) -> dict:
@@ -57,10 +68,15 @@ def _profile_context(request: HttpRequest, **extra) -> dict:
 # --- API tokens -----------------------------------------------------------------------------
 
 
+# The session key that carries a new token's secret from the POST to the page after it.
+NEW_TOKEN = "new_api_token"
+
+
 @require_POST
 def token_add(request: HttpRequest) -> HttpResponse:
-    """Make a token and show its secret on this one answer: it is never stored, put in a
-    message or shown again."""
+    """Make a token, then redirect (a reload must not make a second one) to the Profile page,
+    which shows the secret once: it rides in the server-side session only until that page
+    takes it out, and is never stored, put in a message or shown again."""
     form = ApiTokenForm(request.POST, user=request.user)
     if not form.is_valid():
         return render(request, "accounts/profile.html", _profile_context(request, token_form=form))
@@ -70,13 +86,8 @@ def token_add(request: HttpRequest) -> HttpResponse:
         scope=form.cleaned_data["scope"],
         days=form.cleaned_data["days"],
     )
-    response = render(
-        request,
-        "accounts/profile.html",
-        _profile_context(request, new_token=token, new_secret=secret),
-    )
-    response["Cache-Control"] = "no-store"
-    return response
+    request.session[NEW_TOKEN] = {"pk": token.pk, "secret": secret}
+    return redirect(reverse("accounts-profile") + "#new-token")
 
 
 @require_POST

@@ -17,6 +17,7 @@ urlpatterns = [
     path("admin/", admin.site.urls),
     path("healthz", health.healthz, name="healthz"),
     path("", include("generations.api.urls")),
+    path("", include("generations.api.openai_urls")),
     path("", include("generations.urls")),
 ]
 

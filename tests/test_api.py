@@ -325,6 +325,17 @@ def test_reference_images_as_data_uris_and_https_addresses(client, alice, write)
     assert Task.objects.get(code=task["id"]).params["reference_images"] == [url]
 
 
+def test_uploads_to_a_gateway_that_fetches_them_need_the_public_address(client, write, settings):
+    body = {**BANANA, "reference_images": [png_uri()]}
+    settings.PUBLIC_URL = ""
+    errors = problem(post(client, "/api/v1/tasks", body, **write), 422, "invalid")["errors"]
+    assert "public address" in errors["reference_images"][0]
+    settings.PUBLIC_URL = "https://studio.example.com"
+    task = Task.objects.get(code=create(client, write, body)["id"])
+    sent = task.params["reference_images"][0]
+    assert sent.startswith("https://studio.example.com/") and task.references.count() == 1
+
+
 @pytest.mark.parametrize(
     ("images", "words"),
     [

@@ -11,14 +11,16 @@ from accounts.models import MAX_TOKENS_PER_MEMBER, ApiToken, hash_token
 pytestmark = pytest.mark.django_db
 
 
-def make(client, **fields):
+def make(client, follow=False, **fields):
     data = {"name": "storyboard", "scope": "write", "days": 90} | fields
-    return client.post("/accounts/tokens/add/", data)
+    return client.post("/accounts/tokens/add/", data, follow=follow)
 
 
 def test_a_new_token_is_shown_once_and_only_its_hash_is_kept(client, alice):
     client.force_login(alice)
     response = make(client)
+    assert response.status_code == 302 and response["Location"] == "/accounts/profile/#new-token"
+    response = client.get(response["Location"])
     page = response.content.decode()
     secret = re.search(r'data-testid="new-token-secret">(omw_[^<]+)<', page).group(1)
     assert "shown only this once" in page and response["Cache-Control"] == "no-store"
@@ -51,7 +53,7 @@ def test_a_member_may_hold_a_bounded_number_of_live_tokens(client, alice):
     assert "revoke one first" in make(client).content.decode()
     assert ApiToken.objects.count() == MAX_TOKENS_PER_MEMBER
     ApiToken.objects.first().revoke()
-    assert "shown only this once" in make(client).content.decode()
+    assert "shown only this once" in make(client, follow=True).content.decode()
 
 
 def test_a_member_revokes_their_own_token_and_no_one_elses(client, alice, bob):

@@ -13,14 +13,15 @@ import re
 import uuid
 from dataclasses import dataclass
 
+from django.conf import settings
 from django.core.exceptions import ValidationError
 from django.core.files.base import ContentFile
 from django.core.validators import URLValidator
 
 from accounts.models import ProviderKey
-from generations.forms import MAX_IMAGE_BYTES, MAX_URL_LENGTH, check_image
+from generations.forms import MAX_IMAGE_BYTES, MAX_URL_LENGTH, PUBLIC_URL_NEEDED, check_image
 from generations.providers import GenerationRequest, catalog
-from generations.services import Order, OrderItem, SubmitRefused
+from generations.services import DATA_URI_GATEWAYS, OrderItem, SubmitRefused
 
 # The namespace of submit tokens made from Idempotency-Key headers.
 IDEMPOTENCY_NAMESPACE = uuid.UUID("5b0b6a52-3d5c-4a57-9a43-2f1c9d1a7e10")
@@ -151,14 +152,17 @@ def reference_images(values: list[str], field: str = "reference_images"):
     return tuple(images), tuple(urls)
 
 
-def single_order(user, item: ItemInput, images: list[str], *, visibility: str, token, actor):
-    """The order of one task, its reference images as data URIs or https addresses."""
-    checked, urls = reference_images(images)
-    return Order(
-        items=(order_item(user, item, urls),),
-        visibility=visibility,
-        images=checked,
-        token=token,
-        actor=actor,
-        note="submitted through the API",
-    )
+def check_reachable(items, images, field: str = "reference_images") -> None:
+    """Images sent as data must reach gateways that fetch them from this site's public address;
+    with none set, only gateways that take data inline can have them (as on the Create page)."""
+    if not images or settings.PUBLIC_URL:
+        return
+    for item in items:
+        if item.request.provider not in DATA_URI_GATEWAYS:
+            spec = catalog.get(item.request.provider, item.request.model)
+            raise SubmitRefused(
+                f"{spec.label} fetches reference images from this site's public address, which "
+                "is not set; send an https address instead.",
+                {field: [PUBLIC_URL_NEEDED]},
+                code="invalid",
+            )

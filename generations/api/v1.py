@@ -358,8 +358,10 @@ def create_task(
     auth.require_write(request)
     token = orders.idempotency_token(request.user, idempotency_key)
     images, urls = orders.reference_images(body.reference_images)
+    items = _items(request, [body], urls)
+    orders.check_reachable(items, images)
     order = Order(
-        items=_items(request, [body], urls),
+        items=items,
         visibility=body.visibility,
         images=images,
         token=token,
@@ -507,8 +509,10 @@ def create_run(
     auth.require_write(request)
     token = orders.idempotency_token(request.user, idempotency_key)
     images, urls = orders.reference_images(body.reference_images)
+    items = _items(request, body.items, urls)
+    orders.check_reachable(items, images)
     order = Order(
-        items=_items(request, body.items, urls),
+        items=items,
         visibility=body.visibility,
         images=images,
         token=token,
