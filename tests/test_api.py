@@ -452,6 +452,8 @@ def test_task_list_pages_by_cursor_and_filters(client, alice, bob, write, bob_to
     in_run = client.get("/api/v1/tasks", {"run": str(run)}, **write).json()["data"]
     assert [task["id"] for task in in_run] == [made[0]]
     assert client.get("/api/v1/tasks", {"gateway": "omnivideo"}, **write).json()["data"] == []
+    found = client.get("/api/v1/tasks", {"q": "Scene 24"}, **write).json()["data"]
+    assert [task["id"] for task in found] == [made[24]]
 
 
 def test_bad_list_parameters_are_refused(client, write):
@@ -459,6 +461,8 @@ def test_bad_list_parameters_are_refused(client, write):
     problem(client.get("/api/v1/tasks", {"limit": 0}, **write), 422, "invalid")
     problem(client.get("/api/v1/tasks", {"limit": 101}, **write), 422, "invalid")
     problem(client.get("/api/v1/tasks", {"state": "done"}, **write), 422, "invalid")
+    words = " ".join(f"w{n}" for n in range(30))
+    problem(client.get("/api/v1/tasks", {"q": words}, **write), 422, "invalid")
 
 
 def test_a_teammates_team_task_is_readable_but_not_theirs_to_change(

@@ -11,6 +11,7 @@ from django.conf import settings
 from django.urls import reverse
 from ninja import Field, Schema
 
+from generations.gallery import SEARCH_MAX_LENGTH
 from generations.providers import catalog
 
 PROMPT = Field(min_length=1, max_length=catalog.PROMPT_MAX_CHARS)
@@ -152,6 +153,9 @@ class TaskFilters(Schema):
     gateway: Literal["apimart", "omniakey", "omixa", "omnivideo"] | None = None
     kind: Literal["video", "image"] | None = None
     run: uuid.UUID | None = None
+    q: str | None = Field(
+        default=None, max_length=SEARCH_MAX_LENGTH, description="Every word in the prompt."
+    )
     cursor: str | None = Field(default=None, max_length=40)
     limit: int = Field(default=20, ge=1, le=100)
 

@@ -16,6 +16,7 @@ from dataclasses import replace
 
 from django.conf import settings
 from django.core.exceptions import RequestDataTooBig
+from django.core.exceptions import ValidationError as DjangoValidationError
 from django.db.models import IntegerField, OuterRef, Subquery
 from django.db.models.functions import Coalesce
 from django.http import Http404, HttpRequest, HttpResponse
@@ -30,6 +31,7 @@ from accounts.models import LedgerEntry
 from generations import views as pages
 from generations.api import auth, orders, schemas
 from generations.api.problems import problem
+from generations.gallery import SearchField
 from generations.models import ModelPrice, Run, Task
 from generations.providers import GenerationRequest, catalog
 from generations.services import (
@@ -375,7 +377,8 @@ def create_task(
 
 @api.get("/tasks", response={200: schemas.TaskPage, **PROBLEMS}, tags=["tasks"])
 def list_tasks(request, filters: Query[schemas.TaskFilters]):
-    """Your tasks, newest first, a page at a time: pass `next_cursor` back as `cursor`."""
+    """Your tasks, newest first, a page at a time (pass `next_cursor` back as `cursor`),
+    filtered as on My tasks: by state, gateway, kind, run and words of the prompt."""
     tasks = Task.objects.owned_by(request.user)
     if filters.state:
         tasks = tasks.filter(state=filters.state)
@@ -385,6 +388,13 @@ def list_tasks(request, filters: Query[schemas.TaskFilters]):
         tasks = tasks.filter(kind=filters.kind)
     if filters.run:
         tasks = tasks.filter(run__code=filters.run)
+    if filters.q:
+        try:
+            words = SearchField().clean(filters.q)
+        except DjangoValidationError as error:
+            raise SubmitRefused(error.messages[0], {"q": error.messages}, code="invalid") from None
+        if words:
+            tasks = tasks.search(words)
     if filters.cursor:
         tasks = tasks.filter(pk__lt=_cursor_position(filters.cursor))
     page = list(with_refunds(tasks).order_by("-pk")[: filters.limit + 1])
