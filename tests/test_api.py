@@ -648,3 +648,10 @@ def test_the_docs_page_is_served_from_this_site(client):
     assert response.status_code == 200 and "/static/ninja/swagger-ui-bundle.js" in page
     assert "cdn" not in page.lower() and "https://" not in page
     assert "script-src 'self'" in response["Content-Security-Policy"]
+
+
+def test_a_request_over_the_size_limit_is_413_and_charges_nothing(client, alice, write):
+    image = "data:image/png;base64," + "A" * (11 * 1024 * 1024)
+    response = post(client, "/api/v1/tasks", {**FOX, "reference_images": [image]}, **write)
+    assert "at most 10 MB" in problem(response, 413, "too_large")["detail"]
+    assert debits(alice) == 0
