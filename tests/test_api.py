@@ -448,6 +448,7 @@ def test_task_list_pages_by_cursor_and_filters(client, alice, bob, write, bob_to
     failed = client.get("/api/v1/tasks", {"state": "failed"}, **write).json()["data"]
     assert [task["id"] for task in failed] == [made[3]]
     assert failed[0]["credits_refunded"] == failed[0]["credits_charged"]
+    assert failed[0]["error"] == "boom" and page["data"][0]["error"] is None
     run = Task.objects.get(code=made[0]).run.code
     in_run = client.get("/api/v1/tasks", {"run": str(run)}, **write).json()["data"]
     assert [task["id"] for task in in_run] == [made[0]]

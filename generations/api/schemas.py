@@ -125,6 +125,7 @@ class TaskOut(Schema):
     ]  # fmt: skip
     progress: int | None
     message: str
+    error: str | None = Field(description="Why it failed or was canceled; null otherwise.")
     model: str
     kind: str
     prompt: str
@@ -221,6 +222,9 @@ def task_out(task, refunded: int = 0, base: str | None = None) -> dict:
         "state": task.state,
         "progress": task.progress,
         "message": task.message,
+        "error": (task.message or task.get_state_display())
+        if task.state in ("failed", "canceled")
+        else None,
         "model": f"{task.provider}/{task.model}",
         "kind": task.kind,
         "prompt": task.prompt,
