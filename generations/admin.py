@@ -437,3 +437,6 @@ class TaskReviewAdmin(TaskAdmin):
 
     def get_urls(self):
         return admin.ModelAdmin.get_urls(self)
+
+
+from generations.api import webhook_admin  # noqa: E402,F401

@@ -40,6 +40,7 @@ from django_q.signing import SignedPackage
 from django_q.status import Stat
 from django_q.tasks import async_task
 
+from generations.api import webhooks
 from generations.models import Lease, Task
 
 logger = logging.getLogger("omniweb.engine")
@@ -295,6 +296,8 @@ def dispatch(name: str = "d0", seconds: float | None = None) -> str:
                         if now - baton_set_at >= BATON_REFRESH_SECONDS:
                             cache.set(baton(name), run_id, timeout=BATON_SECONDS)
                             baton_set_at = now
+                            # Webhook retries that fell due get a sweep within seconds.
+                            webhooks.nudge()
                     # A task leased ahead that waited too long for a slot goes back, so
                     # every task starts with at least LEASE_SECONDS of its lease left.
                     stale = []

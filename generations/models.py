@@ -744,3 +744,6 @@ class TaskEvent(models.Model):
 
     def __str__(self) -> str:
         return f"{self.from_state or '∅'} → {self.to_state} ({self.actor})"
+
+
+from generations.api.webhooks import WebhookDelivery, WebhookEndpoint  # noqa: E402,F401

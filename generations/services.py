@@ -538,6 +538,11 @@ def transition(
     task.state = to_state
     for name, value in fields.items():
         setattr(task, name, value)
+    if to_state in Task.TERMINAL_STATES:
+        # Outbound webhooks: recorded in this transaction, sent once it commits.
+        from generations.api.webhooks import record_task_event
+
+        record_task_event(task, to_state)
     return True
 
 

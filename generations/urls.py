@@ -24,4 +24,5 @@ urlpatterns = [
     path("", include("generations.run_urls")),
     path("", include("generations.batch_urls")),
     path("", include("generations.gallery_urls")),
+    path("", include("generations.api.webhook_urls")),
 ]

@@ -1,7 +1,8 @@
 """Nothing outside a gateway's own module speaks that gateway's field names.
 
 A field name written in the wrong place is how a relay ends up sending `duration` to a gateway
-that wants `seconds`. The simulator is exempt: it plays the gateways' side.
+that wants `seconds`. The simulator is exempt: it plays the gateways' side. So is the
+OpenAI-compatible facade, which speaks OpenAI's own dialect to Omniweb's clients.
 """
 
 import re
@@ -22,17 +23,23 @@ FIELDS = {
     "task_id": {"omnivideo", "apimart"},
     "expires_at": {"apimart"},
     "video_operation": {"omixa"},
+    # Also the name of an API token's own expiry (accounts): allowed there, below.
     "wait_seconds": {"omixa"},
     "poll_interval_seconds": {"omixa"},
     "job_id": {"omixa"},
 }
 
 
+# Omniweb's own fields that happen to share a gateway's name, by the file that may write them.
+OWN_FIELDS = {"expires_at": {"accounts/admin.py"}}
+DIALECTS = {"openai_videos.py"}
+
+
 def source_files():
     root = Path(settings.BASE_DIR)
     for folder in ("omniweb", "accounts", "generations"):
         for path in (root / folder).rglob("*.py"):
-            if "simulator" in path.parts or "migrations" in path.parts:
+            if "simulator" in path.parts or "migrations" in path.parts or path.name in DIALECTS:
                 continue
             yield path
 
@@ -43,6 +50,8 @@ def test_gateway_field_names_stay_in_their_own_modules():
         text = path.read_text()
         for name, owners in FIELDS.items():
             if path.parent.name == "providers" and path.stem in owners:
+                continue
+            if str(path.relative_to(settings.BASE_DIR)) in OWN_FIELDS.get(name, ()):
                 continue
             if re.search(rf"""["']{name}["']""", text):
                 offenders.append(f"{path.relative_to(settings.BASE_DIR)}: {name!r}")
