@@ -360,6 +360,33 @@ def hash_token(secret: str) -> str:
     return hashlib.sha256(secret.encode("utf-8", "surrogatepass")).hexdigest()
 
 
+class Revocable(models.Model):
+    """A grant of access (an API token, a share link) that ends at `expires_at` or when it is
+    revoked, whichever comes first."""
+
+    expires_at = models.DateTimeField()
+    revoked_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        abstract = True
+
+    @property
+    def status(self) -> str:
+        if self.revoked_at:
+            return "revoked"
+        if self.expires_at <= timezone.now():
+            return "expired"
+        return "active"
+
+    def revoke(self) -> bool:
+        """Revoke once; False when it already was."""
+        now = timezone.now()
+        done = type(self).objects.filter(pk=self.pk, revoked_at__isnull=True).update(revoked_at=now)
+        if done:
+            self.revoked_at = now
+        return bool(done)
+
+
 class ApiTokenQuerySet(models.QuerySet):
     def live(self, now: datetime | None = None) -> "ApiTokenQuerySet":
         """Tokens that still open the API: not revoked, not expired, their member active."""
@@ -367,7 +394,7 @@ class ApiTokenQuerySet(models.QuerySet):
         return self.filter(revoked_at__isnull=True, expires_at__gt=now, user__is_active=True)
 
 
-class ApiToken(models.Model):
+class ApiToken(Revocable):
     """A member's personal access token for the API. It authenticates API requests only, never a
     browser session; the secret is shown once when it is made and never stored."""
 
@@ -384,9 +411,7 @@ class ApiToken(models.Model):
     # The first characters after the prefix, so a member can tell their tokens apart.
     hint = models.CharField(max_length=12, editable=False)
     created_at = models.DateTimeField(default=timezone.now)
-    expires_at = models.DateTimeField()
     last_used_at = models.DateTimeField(null=True, blank=True, editable=False)
-    revoked_at = models.DateTimeField(null=True, blank=True)
 
     objects = ApiTokenQuerySet.as_manager()
 
@@ -417,19 +442,3 @@ class ApiToken(models.Model):
     @property
     def can_write(self) -> bool:
         return self.scope == self.Scope.WRITE
-
-    @property
-    def status(self) -> str:
-        if self.revoked_at:
-            return "revoked"
-        if self.expires_at <= timezone.now():
-            return "expired"
-        return "active"
-
-    def revoke(self) -> bool:
-        """Revoke once; False when it already was."""
-        now = timezone.now()
-        done = ApiToken.objects.filter(pk=self.pk, revoked_at__isnull=True).update(revoked_at=now)
-        if done:
-            self.revoked_at = now
-        return bool(done)

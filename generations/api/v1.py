@@ -344,6 +344,26 @@ def _settings_problems(request: GenerationRequest, images: int) -> dict[str, lis
     return catalog.validate(catalog.with_defaults(replace(request, reference_images=stand_ins)))
 
 
+def _submit(request, body, generations, idempotency_key: str | None, name: str = ""):
+    """The order a write call makes, through the one submit path: its generations, with the
+    body's reference images and visibility, and a token from its Idempotency-Key."""
+    auth.require_write(request)
+    token = orders.idempotency_token(request.user, idempotency_key)
+    images, urls = orders.reference_images(body.reference_images)
+    items = _items(request, generations, urls)
+    orders.check_reachable(items, images)
+    order = Order(
+        items=items,
+        visibility=body.visibility,
+        images=images,
+        token=token,
+        actor="api",
+        note=f"submitted through the API ({request.api_token.name})"[:200],
+        name=name,
+    )
+    return submit_order(request.user, order)
+
+
 @api.post(
     "/tasks",
     response={200: schemas.TaskOut, 201: schemas.TaskOut, **WRITE_PROBLEMS, 413: schemas.Problem},
@@ -357,20 +377,7 @@ def create_task(
     """Start one task: charged now, refunded if it fails. Reference images are https addresses
     or data:image/...;base64, URIs (PNG, JPEG, WebP; up to 10 MB each). The same
     Idempotency-Key returns the first answer again (200) and charges nothing."""
-    auth.require_write(request)
-    token = orders.idempotency_token(request.user, idempotency_key)
-    images, urls = orders.reference_images(body.reference_images)
-    items = _items(request, [body], urls)
-    orders.check_reachable(items, images)
-    order = Order(
-        items=items,
-        visibility=body.visibility,
-        images=images,
-        token=token,
-        actor="api",
-        note=f"submitted through the API ({request.api_token.name})"[:200],
-    )
-    outcome = submit_order(request.user, order)
+    outcome = _submit(request, body, [body], idempotency_key)
     task = with_refunds(Task.objects.filter(pk=outcome.tasks[0].pk)).get()
     return Status(201 if outcome.created else 200, present(request, task))
 
@@ -516,21 +523,7 @@ def create_run(
 ):
     """Start a run: several tasks (variations, models, prompts) submitted, charged and refused
     together. `reference_images` go with every item."""
-    auth.require_write(request)
-    token = orders.idempotency_token(request.user, idempotency_key)
-    images, urls = orders.reference_images(body.reference_images)
-    items = _items(request, body.items, urls)
-    orders.check_reachable(items, images)
-    order = Order(
-        items=items,
-        visibility=body.visibility,
-        images=images,
-        token=token,
-        actor="api",
-        note=f"submitted through the API ({request.api_token.name})"[:200],
-        name=body.name.strip(),
-    )
-    outcome = submit_order(request.user, order)
+    outcome = _submit(request, body, body.items, idempotency_key, name=body.name.strip())
     return Status(201 if outcome.created else 200, run_out(request, outcome.run))
 
 
