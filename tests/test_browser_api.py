@@ -39,7 +39,7 @@ def test_make_use_and_revoke_a_token_and_read_the_docs(page, live_server, alice,
     assert "never" not in row.inner_text()  # its last use is shown
 
     # The docs page: the operations render from this site's own files, inside the policy.
-    page.get_by_role("link", name="Omniweb API").click()
+    page.get_by_role("link", name="API reference").click()
     page.wait_for_url(re.compile(r".*/api/v1/docs$"))
     page.get_by_text("/api/v1/tasks/{code}/cancel").first.wait_for()
     assert page.get_by_text("Omniweb API").first.is_visible()
