@@ -439,4 +439,6 @@ class TaskReviewAdmin(TaskAdmin):
         return admin.ModelAdmin.get_urls(self)
 
 
+# The admin classes of other concepts live beside them and register themselves on import.
+from generations import board_admin  # noqa: E402,F401
 from generations.api import webhook_admin  # noqa: E402,F401

@@ -24,5 +24,6 @@ urlpatterns = [
     path("", include("generations.run_urls")),
     path("", include("generations.batch_urls")),
     path("", include("generations.gallery_urls")),
+    path("", include("generations.board_urls")),
     path("", include("generations.api.webhook_urls")),
 ]

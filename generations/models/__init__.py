@@ -746,4 +746,8 @@ class TaskEvent(models.Model):
         return f"{self.from_state or '∅'} → {self.to_state} ({self.actor})"
 
 
+# Models of other concepts, each in its own module; imported here so Django finds them.
 from generations.api.webhooks import WebhookDelivery, WebhookEndpoint  # noqa: E402,F401
+from generations.models.boards import Board, BoardItem  # noqa: E402,F401
+from generations.models.presets import Preset  # noqa: E402,F401
+from generations.models.shares import ShareLink  # noqa: E402,F401
