@@ -24,7 +24,7 @@ from django.views.decorators.http import (
     require_safe,
 )
 
-from generations import services
+from generations import presets, services
 from generations.cards import run_task_counts, with_timing
 from generations.forms import (
     DEFAULT_SPEC,
@@ -161,6 +161,9 @@ def _render(
     summary: str = "",
     cards: list[Task] = (),
     prices: dict | None = None,
+    saving=None,
+    picker: bool = False,
+    partial: bool | None = None,
 ) -> HttpResponse:
     # The order the create form shows its fields in (the form declares some in another order).
     shown = (
@@ -191,11 +194,22 @@ def _render(
         # Newest first on the page: each is put at the top in turn, so the run's first ends up
         # first.
         "cards": list(reversed(cards)),
+        # The "Save as preset" fields as posted (with their problems), when they were used.
+        "saving": saving or presets.Saving(),
     }
     # Only a submit answers with the bare form; a GET is always the whole page (deep links,
-    # history restores).
-    if request.htmx and request.method == "POST":
+    # history restores), except the preset picker's own request.
+    if partial is None:
+        partial = bool(request.htmx) and request.method == "POST"
+    if partial:
+        if picker:
+            # A preset was just saved: the picker above the form shows it too.
+            context["preset_groups"] = presets.picker_groups(request.user)
+            context["picker_oob"] = True
         return render(request, "generations/_create_form.html", context)
+    # The full page only: the presets to pick from and the member's recent prompts.
+    context["preset_groups"] = presets.picker_groups(request.user)
+    context["recent_prompts"] = presets.recent_prompts(request.user)
     recent = run_task_counts(Task.objects.owned_by(request.user)).prefetch_related("results")
     context["recent"] = with_timing(recent[:RECENT_TASKS])
     context["watching"] = any(task.is_active for task in context["recent"])
@@ -203,10 +217,19 @@ def _render(
     return render(request, "generations/create.html", context)
 
 
+def render_form(request: HttpRequest, form: CreateForm, **options) -> HttpResponse:
+    """The create form alone for htmx (the preset picker, Save as preset), else the page."""
+    return _render(request, form, partial=bool(request.htmx), **options)
+
+
 @require_http_methods(["GET", "POST"])
 def create(request: HttpRequest) -> HttpResponse:
     if request.method == "POST":
         return _submit(request)
+    if "preset" in request.GET:
+        # The preset picker without JavaScript: a fresh form filled from the preset.
+        preset = presets.visible_preset(request.user, request.GET["preset"])
+        return _render(request, presets.preset_form(request, preset))
     initial = _reuse(request)
     spec = spec_for(request.GET.get("model") or initial.get("model")) or DEFAULT_SPEC
     return _render(request, CreateForm(user=request.user, spec=spec, initial=initial))
@@ -228,6 +251,9 @@ def _submit(request: HttpRequest) -> HttpResponse:
         fresh = CreateForm(user=request.user, spec=spec, initial=initial)
         fresh.fields["prompt"].widget.attrs["autofocus"] = True
         return _render(request, fresh)
+    if "save_preset" in request.POST:
+        # "Save as preset": the settings on screen are saved; nothing is submitted or charged.
+        return presets.save_from_create(request)
 
     form = CreateForm(request.POST, request.FILES, user=request.user, spec=spec)
     if not form.is_valid():
@@ -310,6 +336,15 @@ def _reuse(request: HttpRequest) -> dict:
     takes reference images.
     """
     initial: dict = {}
+    # A recent prompt's link (prompt history without JavaScript): its text, or for a long one
+    # the member's own task that has it.
+    prompt = request.GET.get("prompt") or (
+        presets.prompt_of(request.user, request.GET["prompt_of"])
+        if request.GET.get("prompt_of")
+        else None
+    )
+    if prompt:
+        initial["prompt"] = prompt[: catalog.PROMPT_MAX_CHARS]
     if request.GET.get("from"):
         try:
             code = uuid.UUID(request.GET["from"])

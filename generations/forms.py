@@ -28,6 +28,7 @@ from PIL import ExifTags, Image
 from accounts.models import ProviderKey
 from generations import providers
 from generations.models import ReferenceImage, Result, Task
+from generations.models.presets import SLOT
 from generations.providers import GenerationRequest, catalog
 from generations.providers.catalog import ModelSpec
 from generations.services import (
@@ -568,7 +569,15 @@ class CreateForm(forms.Form):
 
     def clean_prompt(self) -> str:
         # Browsers send line breaks as \r\n but count them as one character against maxlength.
-        return self.cleaned_data["prompt"].replace("\r\n", "\n")
+        prompt = self.cleaned_data["prompt"].replace("\r\n", "\n")
+        if SLOT in prompt:
+            # A preset's prompt marks the words to write each time; sent as is, the gateway
+            # would be asked for "{slot}" and charged for it.
+            raise ValidationError(
+                f"Replace {SLOT} in the prompt with your words: it marks the part of the "
+                "preset's prompt that changes each time."
+            )
+        return prompt
 
     def clean_duration(self) -> int | None:
         value = self.cleaned_data["duration"]

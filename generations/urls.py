@@ -25,5 +25,6 @@ urlpatterns = [
     path("", include("generations.batch_urls")),
     path("", include("generations.gallery_urls")),
     path("", include("generations.board_urls")),
+    path("", include("generations.preset_urls")),
     path("", include("generations.api.webhook_urls")),
 ]
