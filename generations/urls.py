@@ -26,5 +26,6 @@ urlpatterns = [
     path("", include("generations.gallery_urls")),
     path("", include("generations.board_urls")),
     path("", include("generations.preset_urls")),
+    path("", include("generations.share_urls")),
     path("", include("generations.api.webhook_urls")),
 ]

@@ -10,11 +10,15 @@ from django.urls.resolvers import RegexPattern
 
 from tests.conftest import PASSWORD
 
-# Pages anybody may open: signing in, getting back in, the health check, and what gateways
-# fetch or call: the webhook and uploaded reference images (an unguessable token is the
-# credential of each; see tests/test_engine.py and tests/test_create.py).
+# Pages anybody may open: signing in, getting back in, the health check, what gateways fetch
+# or call (the webhook and uploaded reference images) and shared pages for people outside the
+# team; an unguessable token is the credential of each (see tests/test_engine.py,
+# tests/test_create.py and tests/test_share_permissions.py).
 PUBLIC = {
     "generations-webhook",
+    "generations-shared",
+    "generations-shared-file",
+    "generations-shared-poster",
     "generations-reference",
     "login",
     "password_reset",
