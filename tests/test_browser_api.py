@@ -25,6 +25,11 @@ def test_make_use_and_revoke_a_token_and_read_the_docs(page, live_server, alice,
     page.get_by_role("button", name="Make token").click()
     secret = page.get_by_test_id("new-token-secret").inner_text().strip()
     assert secret.startswith("omw_")
+    # Copy puts exactly the secret on the clipboard.
+    page.context.grant_permissions(["clipboard-read", "clipboard-write"])
+    page.get_by_role("button", name="Copy").click()
+    page.get_by_role("button", name="Copied").wait_for()
+    assert page.evaluate("navigator.clipboard.readText()") == secret
     page.reload()
     assert page.get_by_test_id("new-token-secret").count() == 0
     assert secret not in page.content()

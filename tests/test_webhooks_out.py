@@ -653,3 +653,27 @@ def test_the_delivery_log_in_the_admin_is_read_only(client, alice, carol):
     page = client.get(f"/admin/generations/webhookdelivery/{delivery.pk}/change/")
     assert page.status_code == 200 and "webhook.test" in page.content.decode()
     assert client.get("/admin/generations/webhookdelivery/add/").status_code == 403
+
+
+def test_a_given_up_delivery_is_sent_again_by_its_owner_with_its_id(client, alice, bob, keys):
+    endpoint = endpoint_of(alice)
+    delivery = webhooks.send_test_event(endpoint)
+    WebhookDelivery.objects.filter(pk=delivery.pk).update(
+        state="failed", attempts=8, next_attempt_at=None, last_error="Given up."
+    )
+    url = f"/webhooks/{endpoint.code}/deliveries/{delivery.code}/resend/"
+    client.force_login(bob)
+    assert client.post(url).status_code == 404
+    client.force_login(alice)
+    assert "Send again" in client.get(f"/webhooks/{endpoint.code}/").content.decode()
+    assert client.get(url).status_code == 405
+
+    page = client.post(url, follow=True).content.decode()
+    assert "on its way again" in page
+    delivery.refresh_from_db()
+    assert (delivery.state, delivery.attempts) == ("pending", 0)
+    receiver = Receiver(200)
+    assert webhooks.deliver(delivery.pk, client=receiver.client) == "delivered"
+    assert receiver.requests[0].headers["webhook-id"] == delivery.msg_id
+    # A delivered one is not sent again.
+    assert "Only a delivery that failed" in client.post(url, follow=True).content.decode()

@@ -11,4 +11,9 @@ urlpatterns = [
     path("webhooks/<uuid:code>/rotate/", views.endpoint_rotate, name="generations-webhook-rotate"),
     path("webhooks/<uuid:code>/test/", views.endpoint_test, name="generations-webhook-test"),
     path("webhooks/<uuid:code>/delete/", views.endpoint_delete, name="generations-webhook-delete"),
+    path(
+        "webhooks/<uuid:code>/deliveries/<uuid:delivery>/resend/",
+        views.delivery_resend,
+        name="generations-webhook-resend",
+    ),
 ]

@@ -134,3 +134,16 @@ def endpoint_delete(request: HttpRequest, code: UUID) -> HttpResponse:
         messages.success(request, "The endpoint and its delivery log were deleted.")
         return redirect("generations-webhook-endpoints")
     return render(request, "webhooks/endpoint_confirm_delete.html", {"endpoint": endpoint})
+
+
+@require_POST
+def delivery_resend(request: HttpRequest, code: UUID, delivery: UUID) -> HttpResponse:
+    """Send a given-up delivery again, from its first attempt (its webhook-id unchanged, so a
+    receiver that did get it after all can tell)."""
+    endpoint = own_endpoint(request, code)
+    found = get_object_or_404(endpoint.deliveries, code=delivery)
+    if webhooks.resend(found):
+        messages.success(request, "The event is on its way again.")
+    else:
+        messages.error(request, "Only a delivery that failed can be sent again.")
+    return redirect(endpoint)

@@ -430,6 +430,26 @@ def send_test_event(endpoint: WebhookEndpoint) -> WebhookDelivery:
     return delivery
 
 
+def resend(delivery: WebhookDelivery) -> bool:
+    """Put a failed delivery back in the outbox as new (same webhook-id, a fresh schedule of
+    attempts); False if it had not failed."""
+    now = timezone.now()
+    with transaction.atomic():
+        updated = WebhookDelivery.objects.filter(
+            pk=delivery.pk, state=WebhookDelivery.State.FAILED
+        ).update(
+            state=WebhookDelivery.State.PENDING,
+            attempts=0,
+            next_attempt_at=now,
+            finished_at=None,
+            lease_owner="",
+            lease_until=None,
+        )
+        if updated:
+            transaction.on_commit(partial(enqueue_deliveries, [delivery.pk]), robust=True)
+    return bool(updated)
+
+
 def enqueue_deliveries(pks: list[int]) -> None:
     from omniweb import broker
 
