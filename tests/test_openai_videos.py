@@ -557,6 +557,19 @@ def test_two_members_idempotency_keys_never_meet(api, teammate):
     assert task_of(theirs.json()).user == teammate
 
 
+def test_one_idempotency_key_on_both_apis_makes_two_tasks(api, member):
+    """A key first used on /api/v1 (for an image, say) is not the same request on /v1/videos."""
+    headers = {"HTTP_AUTHORIZATION": f"Bearer {secret_for(member)}", "HTTP_IDEMPOTENCY_KEY": "k7"}
+    body = {"model": "omnivideo/nano-banana-2", "prompt": "a"}
+    image = Client().post(
+        "/api/v1/tasks", json.dumps(body), content_type="application/json", **headers
+    )
+    video = api.post(body={"prompt": "a", "model": "omixa/sora"}, **{"Idempotency-Key": "k7"})
+    assert image.status_code == 201 and video.status_code == 200
+    assert video.json()["id"] != image.json()["id"] and task_of(video.json()).kind == "video"
+    assert LedgerEntry.objects.filter(kind=LedgerEntry.Kind.DEBIT).count() == 2
+
+
 def test_an_overlong_idempotency_key_is_refused(api):
     response = api.post(body={"prompt": "a"}, **{"Idempotency-Key": "k" * 256})
     error_of(response, 400, "Idempotency-Key", "invalid_value")

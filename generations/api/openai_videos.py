@@ -480,7 +480,9 @@ def create_video(request: HttpRequest) -> JsonResponse:
     visibility = data.visibility or Task.Visibility.TEAM
     if visibility not in Task.Visibility.values:
         raise invalid("`visibility` is team or private.", "visibility")
-    token = orders.idempotency_token(request.user, request.headers.get("Idempotency-Key"))
+    token = orders.idempotency_token(
+        request.user, request.headers.get("Idempotency-Key"), scope="openai"
+    )
     spec = video_spec(request, data.model)
     duration = seconds_from(data.seconds)
     resolution = aspect_ratio = None

@@ -46,9 +46,10 @@ class ItemInput:
     key: uuid.UUID | None = None
 
 
-def idempotency_token(user, header: str | None) -> uuid.UUID | None:
+def idempotency_token(user, header: str | None, scope: str = "api") -> uuid.UUID | None:
     """The submit token an Idempotency-Key header stands for: the same key from the same member
-    finds the same tasks, and two members' keys never meet."""
+    on the same API (`scope`) finds the same tasks; two members' keys, or one key used on
+    /api/v1 and on /v1/videos, never meet."""
     if header is None:
         return None
     header = header.strip()
@@ -58,7 +59,7 @@ def idempotency_token(user, header: str | None) -> uuid.UUID | None:
             {"Idempotency-Key": ["1 to 255 characters."]},
             code="invalid",
         )
-    return uuid.uuid5(IDEMPOTENCY_NAMESPACE, f"{user.pk}:{header}")
+    return uuid.uuid5(IDEMPOTENCY_NAMESPACE, f"{scope}:{user.pk}:{header}")
 
 
 def spec_named(value: str, field: str = "model") -> catalog.ModelSpec:
