@@ -90,8 +90,8 @@ def with_covers(boards: QuerySet[Board], user, *, counted: bool = True) -> Query
     and, when `counted`, `shown_count`: how many of its entries they may see. Subqueries, not
     a join and GROUP BY, so each board costs a walk of its own entries at most."""
     entries = visible_entries(user).filter(board=OuterRef("pk"))
-    chosen = entries.filter(task=OuterRef("cover_id")).values("task_id")[:1]
-    newest = entries.order_by("-id").values("task_id")[:1]
+    chosen = entries.filter(task=OuterRef("cover_id")).values("task")[:1]
+    newest = entries.order_by("-id").values("task")[:1]
     boards = boards.annotate(cover_task_id=Coalesce(Subquery(chosen), Subquery(newest)))
     if counted:
         count = entries.order_by().values("board").annotate(n=Count("pk")).values("n")

@@ -23,7 +23,7 @@ FIELDS = {
     "task_id": {"omnivideo", "apimart"},
     "expires_at": {"apimart"},
     "video_operation": {"omixa"},
-    # Also the name of an API token's own expiry (accounts): allowed there, below.
+    # Also the name of an API token's and a share link's own expiry: allowed there, below.
     "wait_seconds": {"omixa"},
     "poll_interval_seconds": {"omixa"},
     "job_id": {"omixa"},
@@ -31,7 +31,7 @@ FIELDS = {
 
 
 # Omniweb's own fields that happen to share a gateway's name, by the file that may write them.
-OWN_FIELDS = {"expires_at": {"accounts/admin.py"}}
+OWN_FIELDS = {"expires_at": {"accounts/admin.py", "generations/share_admin.py"}}
 DIALECTS = {"openai_videos.py"}
 
 
