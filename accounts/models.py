@@ -140,6 +140,16 @@ class ProviderKey(models.Model):
     )
     invalid_at = models.DateTimeField(null=True, blank=True, editable=False)
     invalid_message = models.TextField(blank=True, editable=False)
+    # Key health: the last "Test key" (by a member, an admin, or the daily schedule for team
+    # keys), which sends the cheapest authenticated request the gateway documents.
+    health_checked_at = models.DateTimeField(null=True, blank=True, editable=False)
+    health_status = models.CharField(
+        max_length=10,
+        blank=True,
+        editable=False,
+        choices=[("accepted", "Accepted"), ("refused", "Refused"), ("error", "Could not tell")],
+    )
+    health_message = models.CharField(max_length=300, blank=True, editable=False)
     needs_reentry = models.BooleanField(default=False, editable=False)
     created_at = models.DateTimeField(auto_now_add=True)
     updated_at = models.DateTimeField(auto_now=True)

@@ -531,6 +531,10 @@ class Task(models.Model):
     error_streak = models.PositiveSmallIntegerField(default=0)
     not_found_streak = models.PositiveSmallIntegerField(default=0)
     download_attempts = models.PositiveSmallIntegerField(default=0)
+    # What the gateway answered along the way, for the insight pages: 429s (too many
+    # requests) and 5xx answers, however the task ended.
+    gateway_429s = models.PositiveSmallIntegerField(default=0)
+    gateway_5xxs = models.PositiveSmallIntegerField(default=0)
     estimated_seconds = models.PositiveIntegerField(null=True, blank=True)
     deadline_at = models.DateTimeField(null=True, blank=True)
     give_up_at = models.DateTimeField(null=True, blank=True)
@@ -749,5 +753,6 @@ class TaskEvent(models.Model):
 # Models of other concepts, each in its own module; imported here so Django finds them.
 from generations.api.webhooks import WebhookDelivery, WebhookEndpoint  # noqa: E402,F401
 from generations.models.boards import Board, BoardItem  # noqa: E402,F401
+from generations.models.insight import AlertSent, AlertSettings  # noqa: E402,F401
 from generations.models.presets import Preset  # noqa: E402,F401
 from generations.models.shares import ShareLink  # noqa: E402,F401
