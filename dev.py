@@ -20,6 +20,7 @@ import contextlib
 import json
 import os
 import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -259,6 +260,11 @@ def start(args: argparse.Namespace) -> int:
             say(line.strip())
     # Gateways that call back (OmniaKey's webhook; here the simulator) need our address.
     env.setdefault("OMNIWEB_PUBLIC_URL", f"http://{address}")
+    # The web server and the worker share one directory of metric samples, so /metrics shows
+    # the worker's gateway latencies too; each start begins with an empty one.
+    samples = Path(env.setdefault("PROMETHEUS_MULTIPROC_DIR", str(ROOT / "var" / "prometheus")))
+    shutil.rmtree(samples, ignore_errors=True)
+    samples.mkdir(parents=True, exist_ok=True)
     # Line by line, as they print it: their output passes through the relay below.
     env["PYTHONUNBUFFERED"] = "1"
     say("starting the web server and the worker")

@@ -25,6 +25,7 @@ from accounts import ledger
 from accounts.forms import checked_base_url
 from accounts.models import ApiToken, LedgerEntry, ProviderKey, Quota, TeamQuota, User
 from generations import providers
+from generations.insight import keyhealth
 from generations.models import Task
 from generations.providers import catalog
 
@@ -573,13 +574,27 @@ class ProviderKeyAdmin(admin.ModelAdmin):
         "status",
         "at_once",
         "base_url_or_default",
+        "health_status",
+        "health_checked_at",
         "created_at",
     )
-    list_filter = ("provider", KeyOwnerFilter, "is_disabled")
+    list_filter = ("provider", KeyOwnerFilter, "is_disabled", "health_status")
+    actions = ["test_keys"]
+    # Each test may take a gateway deadline: a few keys at a time keep the page answering.
+    keys_tested_at_once = 10
     list_select_related = ("owner",)
     search_fields = ("label", "owner__username", "owner__display_name")
     filter_horizontal = ("allowed_users",)
-    readonly_fields = ("current_secret", "status", "invalid_message", "created_at", "updated_at")
+    readonly_fields = (
+        "current_secret",
+        "status",
+        "invalid_message",
+        "health_status",
+        "health_checked_at",
+        "health_message",
+        "created_at",
+        "updated_at",
+    )
 
     def get_fieldsets(self, request, obj=None):
         # The limit is the gateway plan's: it belongs with the key, on the add form too.
@@ -590,6 +605,7 @@ class ProviderKeyAdmin(admin.ModelAdmin):
             (None, {"fields": key}),
             ("Secret", {"fields": ("current_secret", "secret")}),
             ("State", {"fields": ("is_disabled", "status", "invalid_message")}),
+            ("Last test", {"fields": ("health_status", "health_checked_at", "health_message")}),
             ("Dates", {"fields": ("created_at", "updated_at")}),
         ]
 
@@ -597,6 +613,22 @@ class ProviderKeyAdmin(admin.ModelAdmin):
     @method_decorator(sensitive_post_parameters("secret"))
     def changeform_view(self, request, object_id=None, form_url="", extra_context=None):
         return super().changeform_view(request, object_id, form_url, extra_context)
+
+    @admin.action(description="Test the selected keys")
+    def test_keys(self, request, queryset):
+        """One free status query per key (see generations.insight.keyhealth); the answers are
+        stored on the keys and listed here."""
+        if queryset.count() > self.keys_tested_at_once:
+            self.message_user(
+                request,
+                f"Select at most {self.keys_tested_at_once} keys to test at once.",
+                messages.ERROR,
+            )
+            return
+        answers = [(key, keyhealth.test_key(key)) for key in queryset]
+        for key, answer in answers:
+            level = messages.SUCCESS if answer.status == keyhealth.ACCEPTED else messages.WARNING
+            self.message_user(request, f"{key.label}: {answer.message}", level)
 
     @admin.display(description="Owner", ordering="owner__username")
     def owner_or_team(self, key: ProviderKey) -> str:

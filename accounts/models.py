@@ -214,6 +214,9 @@ class ProviderKey(models.Model):
         when = when or timezone.now()
         ProviderKey.objects.filter(pk=self.pk).update(invalid_at=when, invalid_message=message)
         self.invalid_at, self.invalid_message = when, message
+        from generations.insight.alerts import key_refused_on_commit  # (generations imports us)
+
+        key_refused_on_commit(self, message)
 
 
 @receiver(post_save, sender=User, dispatch_uid="accounts.share_simulator_keys")

@@ -12,6 +12,7 @@ urlpatterns = [
     path("keys/<uuid:code>/secret/", views.key_secret, name="accounts-key-secret"),
     path("keys/<uuid:code>/toggle/", views.key_toggle, name="accounts-key-toggle"),
     path("keys/<uuid:code>/delete/", views.key_delete, name="accounts-key-delete"),
+    path("keys/<uuid:code>/test/", views.key_test, name="accounts-key-test"),
     path("credits/", views.credits, name="accounts-credits"),
     # Django's reset page with limits on the emails it sends (RELIABILITY 33); it comes first,
     # so it answers under Django's own path and URL name.

@@ -20,6 +20,7 @@ from accounts import ledger
 from accounts.forms import ApiTokenForm, KeyAddForm, KeyDetailsForm, KeySecretForm, ProfileForm
 from accounts.models import ApiToken, LedgerEntry, ProviderKey
 from generations import providers
+from generations.insight import keyhealth
 from generations.models import Task
 from generations.providers import catalog
 
@@ -203,6 +204,19 @@ def key_toggle(request: HttpRequest, code: UUID) -> HttpResponse:
     else:
         messages.success(request, f"“{key.label}” is enabled again.")
     return redirect("accounts-keys")
+
+
+@require_POST
+def key_test(request: HttpRequest, code: UUID) -> HttpResponse:
+    """Ask the key's gateway about a task that cannot exist: free, and it tells whether the
+    key is accepted. The answer is stored on the key and shown on its row."""
+    key = own_key(request, code)
+    answer = keyhealth.test_key(key)
+    if answer.status == keyhealth.ACCEPTED:
+        messages.success(request, f"“{key.label}”: {answer.message}")
+    else:
+        messages.warning(request, f"“{key.label}”: {answer.message}")
+    return redirect(reverse("accounts-keys") + f"#key-{key.code}")
 
 
 def key_delete(request: HttpRequest, code: UUID) -> HttpResponse:

@@ -442,3 +442,4 @@ class TaskReviewAdmin(TaskAdmin):
 # The admin classes of other concepts live beside them and register themselves on import.
 from generations import board_admin, preset_admin, share_admin  # noqa: E402,F401
 from generations.api import webhook_admin  # noqa: E402,F401
+from generations.insight import alerts_admin  # noqa: E402,F401

@@ -11,6 +11,8 @@ class GenerationsConfig(AppConfig):
         from PIL import Image
 
         from generations import checks  # noqa: F401  (registers the queue configuration check)
+        from generations.insight import alerts
+        from generations.insight.keyhealth import ensure_schedule as keyhealth_schedule
         from generations.jobs import ensure_schedule
 
         # Pillow's decompression-bomb limit, in every process: uploads and results above it are
@@ -20,3 +22,5 @@ class GenerationsConfig(AppConfig):
 
         # Schedules are rows in the database: created after migrate, never at import time.
         post_migrate.connect(ensure_schedule, sender=self, dispatch_uid="omniweb-schedule")
+        post_migrate.connect(keyhealth_schedule, sender=self, dispatch_uid="omniweb-key-health")
+        post_migrate.connect(alerts.ensure_schedule, sender=self, dispatch_uid="omniweb-alerts")

@@ -52,6 +52,7 @@ from django.utils.dateparse import parse_datetime
 
 from accounts.models import KeyUnusable
 from generations import fetch, providers
+from generations.insight import alerts, metrics
 from generations.models import Result, Task
 from generations.providers import ErrorKind, ProviderError, ProviderStatus
 from generations.providers.base import Provider, is_safe_task_id
@@ -150,7 +151,8 @@ def submit(task: Task) -> None:
     task.callback_token_hash = callback_token_hash(token) if token else ""
     log(task, "submit", attempt=task.submit_attempts, webhook=bool(callback_url))
     try:
-        status = adapter.submit(task.generation_request(callback_url), credentials)
+        with metrics.timed_submit(task.provider):
+            status = adapter.submit(task.generation_request(callback_url), credentials)
     except ProviderError as exc:
         _submit_failed(task, adapter, exc, credentials.api_key)
         return
@@ -292,8 +294,11 @@ def lost_answer_message(task: Task, adapter: Provider, what: str) -> str:
 def _submit_failed(task: Task, adapter: Provider, exc: ProviderError, secret: str) -> None:
     answer = _answer(exc.body, secret, exc.status_code)
     details = exc_details(exc)
+    counted = metrics.answer_counts(exc.status_code)  # added to whichever update follows
     if exc.kind == ErrorKind.AUTHENTICATION and task.key:
         task.key.mark_invalid(key_problem(exc))
+    if exc.kind == ErrorKind.PAYMENT and task.key:
+        alerts.key_refused_on_commit(task.key, key_problem(exc), status=402)
     if exc.permanent:
         log(task, "submit_refused", logging.WARNING, code=exc.code, status=exc.status_code)
         fail_task(
@@ -302,6 +307,7 @@ def _submit_failed(task: Task, adapter: Provider, exc: ProviderError, secret: st
             reason=f"{exc.message} Your credits were refunded.",
             last_response=answer,
             details=details,
+            **counted,
         )
         return
     nothing_created = not exc.request_sent or exc.status_code in RESENDABLE_STATUSES
@@ -316,6 +322,7 @@ def _submit_failed(task: Task, adapter: Provider, exc: ProviderError, secret: st
             last_response=answer,
             details=details,
             submit_sent_at=task.submit_sent_at or timezone.now(),
+            **counted,
         )
         return
     now = timezone.now()
@@ -328,6 +335,7 @@ def _submit_failed(task: Task, adapter: Provider, exc: ProviderError, secret: st
             "Nothing more was sent; your credits were refunded.",
             last_response=answer,
             details=details,
+            **counted,
         )
         return
     log(task, "submit_retry", code=exc.code, status=exc.status_code, delay=round(delay, 1))
@@ -337,6 +345,7 @@ def _submit_failed(task: Task, adapter: Provider, exc: ProviderError, secret: st
         message=f"{exc.message} Omniweb will try again in {round(delay)} s.",
         details=details,
         last_response=answer,
+        **counted,
     )
     # Turned away, it no longer holds a slot: another of the key's tasks may go meanwhile.
     wake_next_on_key(task.key_id)
@@ -485,7 +494,8 @@ def poll(task: Task) -> None:
     # Counted by the update that records the answer, whatever it is, not by one of its own.
     task.polls += 1
     try:
-        status = adapter.status(task.provider_task_id, credentials)
+        with metrics.timed_poll(task.provider):
+            status = adapter.status(task.provider_task_id, credentials)
     except ProviderError as exc:
         _poll_failed(task, adapter, exc, credentials.api_key)
         return
@@ -593,6 +603,7 @@ def _poll_failed(task: Task, adapter: Provider, exc: ProviderError, secret: str)
                 last_response=answer,
                 not_found_streak=streak,
                 polls=task.polls,
+                **metrics.answer_counts(exc.status_code),
             )
             return
         delay = backoff(streak)
@@ -623,6 +634,7 @@ def _note_error(
         "next_check_at": timezone.now() + timedelta(seconds=delay),
         "last_response": answer,
         "polls": F("polls") + 1,  # a poll that failed is a poll all the same
+        **metrics.answer_counts(exc.status_code),
         **fields,
     }
     if not review:

@@ -27,5 +27,7 @@ urlpatterns = [
     path("", include("generations.board_urls")),
     path("", include("generations.preset_urls")),
     path("", include("generations.share_urls")),
+    path("", include("generations.insight.dashboard_urls")),
     path("", include("generations.api.webhook_urls")),
+    path("", include("generations.insight.export_urls")),
 ]

@@ -151,6 +151,10 @@ AXES_LOCKOUT_TEMPLATE = "registration/locked_out.html"
 # reset limits and our log lines all ask that one function.
 TRUSTED_PROXY_COUNT = env_int("OMNIWEB_TRUSTED_PROXY_COUNT", 0)
 AXES_CLIENT_IP_CALLABLE = "omniweb.clientip.client_address"
+# Prometheus at /metrics (generations/insight/metrics.py): readable with this bearer token, or
+# from these addresses or CIDR ranges (the client address as believed above). Neither: off.
+METRICS_TOKEN = env_str("OMNIWEB_METRICS_TOKEN", "")
+METRICS_ALLOWED_ADDRESSES = env_list("OMNIWEB_METRICS_ALLOWED_ADDRESSES")
 # Sessions end after this many days (and on logout).
 SESSION_COOKIE_AGE = env_int("OMNIWEB_SESSION_DAYS", 14, minimum=1) * 86_400
 LOGIN_URL = "login"

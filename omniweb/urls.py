@@ -5,6 +5,7 @@ from django.contrib import admin
 from django.urls import include, path
 from django.views.generic import RedirectView
 
+from generations.insight import metrics
 from omniweb import health
 
 admin.site.site_header = "Omniweb administration"
@@ -16,6 +17,7 @@ urlpatterns = [
     path("accounts/", include("accounts.urls")),
     path("admin/", admin.site.urls),
     path("healthz", health.healthz, name="healthz"),
+    path("metrics", metrics.metrics_view, name="metrics"),
     path("", include("generations.api.urls")),
     path("", include("generations.api.openai_urls")),
     path("", include("generations.urls")),

@@ -56,7 +56,7 @@ def concrete_urls(resolver=None, prefix="", namespace=""):
 def private_urls():
     # The simulator plays the gateways: programs call it with bearer keys, not sessions. So
     # do the API's callers, with personal tokens (tests/test_api.py: 401 without one).
-    programs = ("/simulator/", "/api/", "/v1/")
+    programs = ("/simulator/", "/api/", "/v1/", "/metrics")  # /metrics: a scraper's token
     return sorted(
         {
             path
