@@ -85,7 +85,7 @@ class ShareForm(forms.Form):
 
 
 class TooManyLinks(Exception):
-    pass
+    """A member already holds MAX_LIVE_LINKS_PER_MEMBER live links; the message says so."""
 
 
 def make_link(

@@ -111,7 +111,7 @@ TASK_EVENTS = {
 
 
 class TooManyEndpoints(Exception):
-    pass
+    """A member already has MAX_ENDPOINTS_PER_MEMBER endpoints; the message says so."""
 
 
 # --- endpoints ---------------------------------------------------------------------------------
