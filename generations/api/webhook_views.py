@@ -25,8 +25,9 @@ class EndpointForm(forms.Form):
     url = forms.CharField(
         label="Endpoint URL",
         max_length=webhooks.MAX_URL_CHARS,
-        widget=forms.URLInput(attrs={"placeholder": "https://example.com/hooks/omniweb"}),
-        help_text="An https:// address on the public internet. Omniweb POSTs signed JSON to it.",
+        widget=forms.URLInput,
+        help_text="An https:// address on the public internet, such as "
+        "https://example.com/hooks/omniweb. Omniweb POSTs signed JSON to it.",
     )
     description = forms.CharField(
         max_length=webhooks.MAX_DESCRIPTION_CHARS,
